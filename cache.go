@@ -1,0 +1,270 @@
+package kvsecrets
+
+import (
+	"maps"
+	"unsafe"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// state is an immutable snapshot of what an entry answers. Writers build a
+// new state and store it in entry.state; readers load the pointer and never
+// take a lock.
+type state struct {
+	secret Secret
+
+	// ready means: serve secret as it is. It is the only field the cached
+	// read path tests: it is false whenever serving needs a look at the
+	// clock (a stale value, a validity window to enforce) or there is no
+	// value at all.
+	ready bool
+
+	hasValue bool      // secret holds a value that may be served
+	stale    bool      // the last refresh failed; the value is kept until fetched+MaxStale
+	validity bool      // Options.EnforceValidity and the secret has nbf or exp
+	fetched  time.Time // when the value was last read successfully
+
+	err      *SecretError // without a value: the last answer, if any
+	errUntil time.Time    // err is remembered until then (zero: not remembered)
+
+	seq uint64 // the fetch that produced this state; older fetches never overwrite newer ones
+}
+
+// emptyState is the state of an entry that has never been read.
+var emptyState = &state{}
+
+func valueState(s Secret, fetched time.Time, seq uint64, enforceValidity bool) *state {
+	st := &state{secret: s, hasValue: true, fetched: fetched, seq: seq}
+	st.validity = enforceValidity && (!s.NotBefore.IsZero() || !s.Expires.IsZero())
+	st.ready = !st.validity
+	return st
+}
+
+// staleCopy returns the same value marked stale: it is still served, but
+// through the slow path, which counts stale serves.
+func (st *state) staleCopy(seq uint64) *state {
+	c := *st
+	c.stale, c.ready, c.seq = true, false, seq
+	return &c
+}
+
+// checkValidity returns ErrExpired or ErrNotYetValid when the secret is
+// outside its nbf/exp window and validity is enforced.
+func (st *state) checkValidity(now time.Time, name, version string) error {
+	if !st.validity {
+		return nil
+	}
+	s := &st.secret
+	if !s.NotBefore.IsZero() && now.Before(s.NotBefore) {
+		return &SecretError{Name: name, Version: version, Kind: ErrNotYetValid,
+			detail: "nbf " + s.NotBefore.UTC().Format(time.RFC3339)}
+	}
+	if !s.Expires.IsZero() && !now.Before(s.Expires) {
+		return &SecretError{Name: name, Version: version, Kind: ErrExpired,
+			detail: "exp " + s.Expires.UTC().Format(time.RFC3339)}
+	}
+	return nil
+}
+
+// flight kinds: a load is a cold read or a background refresh; a forced read
+// is Refresh, which must not join a read that started before it was called.
+const (
+	flightLoad = iota
+	flightForced
+	numFlights
+)
+
+// flight is one read of the vault shared by every caller that asks for the
+// same entry while it runs.
+type flight struct {
+	done chan struct{}
+	st   *state       // the entry's state after the read
+	err  *SecretError // the read's own failure, nil on success
+}
+
+// entry is one cached secret: the latest version of a name, or a pinned
+// version. Entries are never removed while the Provider is open, so a
+// pointer found in the index stays valid.
+type entry struct {
+	state atomic.Pointer[state]
+
+	name    string // the name as first asked for; sent to the vault
+	canon   string // lower-case name, the identity of the entry
+	version string // "" for the latest; the pinned version otherwise
+
+	// versions holds the pinned-version entries of a latest entry,
+	// copy-on-write under mu.
+	versions atomic.Pointer[map[string]*entry]
+
+	mu          sync.Mutex // guards the fields below; never held across I/O or callbacks
+	flights     [numFlights]*flight
+	seq         uint64          // last fetch sequence handed out
+	lastVersion string          // last version served; "" before the first success
+	failures    int             // consecutive transient failures
+	warned      string          // version whose expiry was already warned about
+	pending     []RotationEvent // OnRotate calls not yet made, in order
+	draining    bool            // a goroutine is making the pending calls
+	aliases     int             // other spellings of the name in the index
+
+	schedGen uint64 // guarded by scheduler.mu: only the newest schedule counts
+}
+
+func newEntry(name, canon, version string) *entry {
+	e := &entry{name: name, canon: canon, version: version}
+	e.state.Store(emptyState)
+	return e
+}
+
+// pinned returns the entry for a pinned version of e, creating it.
+func (e *entry) pinned(version string) (pe *entry, created bool) {
+	if m := e.versions.Load(); m != nil {
+		if pe := (*m)[version]; pe != nil {
+			return pe, false
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	old := e.versions.Load()
+	if old != nil {
+		if pe := (*old)[version]; pe != nil {
+			return pe, false
+		}
+	}
+	m := make(map[string]*entry, 1)
+	if old != nil {
+		m = maps.Clone(*old)
+	}
+	pe = newEntry(e.name, e.canon, version)
+	m[version] = pe
+	e.versions.Store(&m)
+	return pe, true
+}
+
+// maxAliases bounds how many other spellings of one name get a fast-path
+// slot; more spellings still work, through the slow path.
+const maxAliases = 8
+
+// index maps names to entries. Reads of names present in read take no lock
+// and allocate nothing: read points to a map that is never written after it
+// is published. New names go to dirty (a superset of read, under mu), which
+// is published in place of read once the misses it causes have paid for the
+// copy — the scheme sync.Map uses, specialised to string keys that are never
+// deleted.
+type index struct {
+	read atomic.Pointer[map[string]*entry]
+
+	mu     sync.Mutex
+	dirty  map[string]*entry // nil when read holds everything
+	misses int
+}
+
+func (x *index) init() {
+	m := map[string]*entry{}
+	x.read.Store(&m)
+}
+
+// load returns the entry stored under key, or nil.
+func (x *index) load(key string) *entry {
+	if e := (*x.read.Load())[key]; e != nil {
+		return e
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if e := (*x.read.Load())[key]; e != nil {
+		return e
+	}
+	if x.dirty == nil {
+		return nil
+	}
+	e := x.dirty[key]
+	x.missLocked()
+	return e
+}
+
+func (x *index) missLocked() {
+	x.misses++
+	if x.misses < len(x.dirty) {
+		return
+	}
+	m := x.dirty
+	x.read.Store(&m)
+	x.dirty, x.misses = nil, 0
+}
+
+// storeLocked adds key → e. The caller holds x.mu.
+func (x *index) storeLocked(key string, e *entry) {
+	if x.dirty == nil {
+		x.dirty = maps.Clone(*x.read.Load())
+	}
+	x.dirty[key] = e
+	if len(x.dirty) <= 64 {
+		// Small maps are cheap to copy: publish at once, so that
+		// start-up reads are lock-free from the first hit.
+		m := x.dirty
+		x.read.Store(&m)
+		x.dirty, x.misses = nil, 0
+	}
+}
+
+// getLocked returns the entry under key from dirty or read. The caller holds x.mu.
+func (x *index) getLocked(key string) *entry {
+	if x.dirty != nil {
+		return x.dirty[key]
+	}
+	return (*x.read.Load())[key]
+}
+
+// all returns every distinct entry, pinned versions included.
+func (x *index) all() []*entry {
+	x.mu.Lock()
+	m := x.dirty
+	if m == nil {
+		m = *x.read.Load()
+	}
+	seen := make(map[*entry]bool, len(m))
+	var out []*entry
+	for _, e := range m {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, e)
+			if vm := e.versions.Load(); vm != nil {
+				for _, pe := range *vm {
+					out = append(out, pe)
+				}
+			}
+		}
+	}
+	x.mu.Unlock()
+	return out
+}
+
+// counter is a striped counter: increments from many cores land on
+// different cache lines, so counting hits does not serialise the cached
+// read path. The leading pad keeps the first stripe off the cache line of
+// the fields before it, which the read path loads.
+type counter struct {
+	_ [64]byte
+	stripes [16]struct {
+		n atomic.Uint64
+		_ [56]byte
+	}
+}
+
+func (c *counter) inc() {
+	// The address of a local variable tells goroutines apart at no cost:
+	// each has its own stack, and goroutines running at the same moment run
+	// on different stacks. Fibonacci hashing spreads the addresses over the
+	// stripes.
+	var x byte
+	h := uint64(uintptr(unsafe.Pointer(&x))>>10) * 0x9E3779B97F4A7C15
+	c.stripes[h>>60].n.Add(1)
+}
+
+func (c *counter) load() uint64 {
+	var n uint64
+	for i := range c.stripes {
+		n += c.stripes[i].n.Load()
+	}
+	return n
+}

@@ -1,0 +1,224 @@
+package kvsecrets
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets/fake"
+)
+
+// fakeVault is an in-memory vault served to the real azsecrets client
+// through the SDK's own fake transport (azsecrets/fake), so that tests run
+// the real client and pipeline and, under testing/synctest, on a fake clock.
+type fakeVault struct {
+	mu       sync.Mutex
+	secrets  map[string]*fvSecret // by lower-case name
+	nextVer  int
+	fail     func(name string) (status int, code string) // non-zero status: answer with that error
+	failErr  error                                       // when set, answer with this transport-level error
+	gate     chan struct{}                               // when set, GETs wait for it to close
+	latency  time.Duration                               // added to every GET
+	requests atomic.Int64
+	perName  map[string]int
+	log      []fvRequest
+	inflight atomic.Int64
+	peak     atomic.Int64
+}
+
+type fvRequest struct {
+	At            time.Time
+	Name, Version string
+}
+
+type fvSecret struct {
+	name     string
+	versions []*fvVersion
+}
+
+type fvVersion struct {
+	id, value, contentType string
+	enabled                bool
+	nbf, exp, created      time.Time
+	tags                   map[string]string
+}
+
+const fakeVaultURL = "https://fake.vault.azure.net/"
+
+func newFakeVault() *fakeVault {
+	return &fakeVault{secrets: map[string]*fvSecret{}, perName: map[string]int{}}
+}
+
+// set adds a new version and returns its id.
+func (v *fakeVault) set(name, value string, opts ...func(*fvVersion)) string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.nextVer++
+	ver := &fvVersion{id: fmt.Sprintf("%032x", v.nextVer), value: value, enabled: true, created: time.Now()}
+	for _, o := range opts {
+		o(ver)
+	}
+	s := v.secrets[strings.ToLower(name)]
+	if s == nil {
+		s = &fvSecret{name: name}
+		v.secrets[strings.ToLower(name)] = s
+	}
+	s.versions = append(s.versions, ver)
+	return ver.id
+}
+
+func withExp(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.exp = t } }
+func withNbf(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.nbf = t } }
+
+func (v *fakeVault) delete(name string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.secrets, strings.ToLower(name))
+}
+
+func (v *fakeVault) setFail(f func(name string) (int, string)) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.fail = f
+}
+
+func (v *fakeVault) setFailErr(err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.failErr = err
+}
+
+func (v *fakeVault) count(name string) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.perName[strings.ToLower(name)]
+}
+
+func (v *fakeVault) requestLog() []fvRequest {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]fvRequest(nil), v.log...)
+}
+
+func (v *fakeVault) getSecret(ctx context.Context, name, version string, _ *azsecrets.GetSecretOptions) (resp azfake.Responder[azsecrets.GetSecretResponse], errResp azfake.ErrorResponder) {
+	n := v.inflight.Add(1)
+	defer v.inflight.Add(-1)
+	for {
+		p := v.peak.Load()
+		if n <= p || v.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	v.requests.Add(1)
+	v.mu.Lock()
+	v.perName[strings.ToLower(name)]++
+	v.log = append(v.log, fvRequest{At: time.Now(), Name: name, Version: version})
+	gate, latency := v.gate, v.latency
+	v.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			errResp.SetError(ctx.Err())
+			return
+		}
+	}
+	if latency > 0 {
+		select {
+		case <-time.After(latency):
+		case <-ctx.Done():
+			errResp.SetError(ctx.Err())
+			return
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.failErr != nil {
+		errResp.SetError(v.failErr)
+		return
+	}
+	if v.fail != nil {
+		if status, code := v.fail(name); status != 0 {
+			errResp.SetResponseError(status, code)
+			return
+		}
+	}
+	s := v.secrets[strings.ToLower(name)]
+	if s == nil {
+		errResp.SetResponseError(http.StatusNotFound, "SecretNotFound")
+		return
+	}
+	var ver *fvVersion
+	if version == "" {
+		ver = s.versions[len(s.versions)-1]
+	} else {
+		for _, x := range s.versions {
+			if strings.EqualFold(x.id, version) {
+				ver = x
+			}
+		}
+		if ver == nil {
+			errResp.SetResponseError(http.StatusNotFound, "SecretNotFound")
+			return
+		}
+	}
+	if !ver.enabled {
+		errResp.SetResponseError(http.StatusForbidden, "Forbidden")
+		return
+	}
+	id := azsecrets.ID(fakeVaultURL + "secrets/" + s.name + "/" + ver.id)
+	out := azsecrets.Secret{ID: &id, Value: to.Ptr(ver.value), Attributes: &azsecrets.SecretAttributes{
+		Enabled: to.Ptr(true), Created: to.Ptr(ver.created), Updated: to.Ptr(ver.created)}}
+	if !ver.nbf.IsZero() {
+		out.Attributes.NotBefore = to.Ptr(ver.nbf)
+	}
+	if !ver.exp.IsZero() {
+		out.Attributes.Expires = to.Ptr(ver.exp)
+	}
+	if ver.contentType != "" {
+		out.ContentType = to.Ptr(ver.contentType)
+	}
+	if len(ver.tags) > 0 {
+		out.Tags = map[string]*string{}
+		for k, val := range ver.tags {
+			out.Tags[k] = to.Ptr(val)
+		}
+	}
+	resp.SetResponse(http.StatusOK, azsecrets.GetSecretResponse{Secret: out}, nil)
+	return
+}
+
+// clientOptions wires the fake vault into an azsecrets client.
+func (v *fakeVault) clientOptions() *azsecrets.ClientOptions {
+	srv := &fake.Server{GetSecret: v.getSecret}
+	return &azsecrets.ClientOptions{ClientOptions: policyOptions(fake.NewServerTransport(srv))}
+}
+
+// newProvider returns a Provider on the fake vault, closed when the test ends.
+func (v *fakeVault) newProvider(t testing.TB, o *Options) *Provider {
+	t.Helper()
+	if o == nil {
+		o = &Options{}
+	}
+	o.ClientOptions = v.clientOptions()
+	p, err := NewProvider(fakeVaultURL, &azfake.TokenCredential{}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func policyOptions(tr policy.Transporter) azcore.ClientOptions {
+	return azcore.ClientOptions{Transport: tr}
+}

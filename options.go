@@ -1,0 +1,212 @@
+package kvsecrets
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+)
+
+// Defaults applied by [NewProvider] to zero fields of [Options].
+const (
+	DefaultTTL                = time.Hour
+	DefaultMaxStale           = 24 * time.Hour
+	DefaultNegativeTTL        = 30 * time.Second
+	DefaultRefreshAt          = 0.75
+	DefaultRefreshJitter      = 0.15
+	DefaultExpiryWarning      = 30 * 24 * time.Hour
+	DefaultExpiredRecheck     = 5 * time.Minute
+	DefaultRetryBackoff       = time.Second
+	DefaultMaxRetryBackoff    = 2 * time.Minute
+	DefaultFetchTimeout       = 30 * time.Second
+	DefaultPreloadConcurrency = 16
+	DefaultRefreshConcurrency = 4
+)
+
+// Options configures a [Provider]. A nil *Options means all defaults, and
+// every zero field means its default. Negative durations and out-of-range
+// fractions are refused by [NewProvider].
+type Options struct {
+	// ClientOptions is passed to azsecrets.NewClient: transport, retry
+	// policy, API version, logging. Nil means the SDK's defaults (4 tries per
+	// request with exponential backoff).
+	ClientOptions *azsecrets.ClientOptions
+
+	// TTL is how long a value is trusted before it is re-read. Default 1h.
+	// Refreshes happen in the background ahead of it (see RefreshAt), so a
+	// short TTL never makes callers wait, but it costs the vault: every
+	// cached secret is read about once per 0.8×TTL per Provider. With one
+	// second, 20 secrets and 100 instances that is 2,500 GETs per second, far
+	// beyond Key Vault's 4,000 GETs per 10 seconds per vault. Microsoft
+	// advises caching for hours.
+	TTL time.Duration
+
+	// MaxStale is how long after its last successful read a value may still be
+	// served while refreshes fail with transient errors (network, timeouts,
+	// 408/429/5xx, credential failures). Default 24h. Authoritative answers
+	// (deleted, disabled, access denied) stop serving at once regardless.
+	MaxStale time.Duration
+
+	// NegativeTTL is how long a not-found, disabled or forbidden answer is
+	// remembered, so that a storm of reads of a missing secret costs the vault
+	// one request. Default 30s.
+	NegativeTTL time.Duration
+
+	// RefreshAt is the fraction of TTL after a successful read at which the
+	// background refresh starts. Default 0.75. Must be in (0, 1].
+	RefreshAt float64
+
+	// RefreshJitter is the fraction of TTL over which the refresh point is
+	// spread at random (uniformly in [RefreshAt, RefreshAt+RefreshJitter] of
+	// TTL), so that a fleet started together does not refresh in step.
+	// Default 0.15. RefreshAt+RefreshJitter must not exceed 1.
+	RefreshJitter float64
+
+	// DisableJitter turns off the random spread of refresh points and retry
+	// backoffs. Meant for simulations and tests; fleets want jitter.
+	DisableJitter bool
+
+	// ExpiryWarning is the window before a secret's expiry (exp) within which
+	// a warning is logged, once per version. Default 30 days, as Event Grid's
+	// SecretNearExpiry.
+	ExpiryWarning time.Duration
+
+	// ExpiredRecheck bounds how often a secret whose exp has passed with no
+	// newer version is re-read, waiting for its rotation. Default 5m.
+	ExpiredRecheck time.Duration
+
+	// EnforceValidity refuses secrets outside their nbf/exp window with
+	// ErrNotYetValid and ErrExpired. By default they are served, as Key Vault
+	// itself serves them.
+	EnforceValidity bool
+
+	// RetryBackoff is the first delay before a failed background refresh is
+	// tried again; it doubles on each further failure up to MaxRetryBackoff,
+	// with jitter. A 429's Retry-After is honoured when longer. Default 1s.
+	RetryBackoff time.Duration
+
+	// MaxRetryBackoff caps the retry delay. Default 2m.
+	MaxRetryBackoff time.Duration
+
+	// FetchTimeout bounds one read of the vault, including the SDK's own
+	// retries. Default 30s. Shared reads run on a context of their own,
+	// bounded by this timeout, so that one caller's cancellation does not fail
+	// the others.
+	FetchTimeout time.Duration
+
+	// PreloadConcurrency bounds the reads Preload runs at once. Default 16.
+	PreloadConcurrency int
+
+	// RefreshConcurrency bounds the background refreshes run at once.
+	// Default 4.
+	RefreshConcurrency int
+
+	// OnRotate is called once each time a cached secret is seen with a new
+	// version (not on its first load). It runs outside every lock, on a
+	// background goroutine or in the caller of Refresh; calls for one secret
+	// come in order, calls for different secrets may run concurrently. A
+	// panic is recovered and logged. It must not call Close.
+	OnRotate func(RotationEvent)
+
+	// Logger receives Warn logs for failed refreshes, stale serves,
+	// revocations and secrets near expiry, and Debug logs for reads. It
+	// never receives a secret value. Default: discard.
+	Logger *slog.Logger
+}
+
+// config is Options with defaults applied; it never changes after NewProvider.
+type config struct {
+	clientOptions      *azsecrets.ClientOptions
+	ttl                time.Duration
+	maxStale           time.Duration
+	negativeTTL        time.Duration
+	refreshAt          float64
+	refreshJitter      float64
+	noJitter           bool
+	expiryWarning      time.Duration
+	expiredRecheck     time.Duration
+	enforceValidity    bool
+	retryBackoff       time.Duration
+	maxRetryBackoff    time.Duration
+	fetchTimeout       time.Duration
+	preloadConcurrency int
+	refreshConcurrency int
+	onRotate           func(RotationEvent)
+	logger             *slog.Logger
+}
+
+// newConfig validates o and fills in defaults. Every error names the field.
+func newConfig(o *Options) (config, error) {
+	if o == nil {
+		o = &Options{}
+	}
+	var errs []error
+	dur := func(name string, v, def time.Duration) time.Duration {
+		switch {
+		case v < 0:
+			errs = append(errs, fmt.Errorf("kvsecrets: Options.%s is negative (%v)", name, v))
+			return def
+		case v == 0:
+			return def
+		}
+		return v
+	}
+	count := func(name string, v, def int) int {
+		switch {
+		case v < 0:
+			errs = append(errs, fmt.Errorf("kvsecrets: Options.%s is negative (%d)", name, v))
+			return def
+		case v == 0:
+			return def
+		}
+		return v
+	}
+	c := config{
+		clientOptions:      o.ClientOptions,
+		ttl:                dur("TTL", o.TTL, DefaultTTL),
+		maxStale:           dur("MaxStale", o.MaxStale, DefaultMaxStale),
+		negativeTTL:        dur("NegativeTTL", o.NegativeTTL, DefaultNegativeTTL),
+		refreshAt:          o.RefreshAt,
+		refreshJitter:      o.RefreshJitter,
+		noJitter:           o.DisableJitter,
+		expiryWarning:      dur("ExpiryWarning", o.ExpiryWarning, DefaultExpiryWarning),
+		expiredRecheck:     dur("ExpiredRecheck", o.ExpiredRecheck, DefaultExpiredRecheck),
+		enforceValidity:    o.EnforceValidity,
+		retryBackoff:       dur("RetryBackoff", o.RetryBackoff, DefaultRetryBackoff),
+		maxRetryBackoff:    dur("MaxRetryBackoff", o.MaxRetryBackoff, DefaultMaxRetryBackoff),
+		fetchTimeout:       dur("FetchTimeout", o.FetchTimeout, DefaultFetchTimeout),
+		preloadConcurrency: count("PreloadConcurrency", o.PreloadConcurrency, DefaultPreloadConcurrency),
+		refreshConcurrency: count("RefreshConcurrency", o.RefreshConcurrency, DefaultRefreshConcurrency),
+		onRotate:           o.OnRotate,
+		logger:             o.Logger,
+	}
+	// NaN compares false with everything, so test for the valid range.
+	if c.refreshAt == 0 {
+		c.refreshAt = DefaultRefreshAt
+	} else if !(c.refreshAt > 0 && c.refreshAt <= 1) {
+		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshAt must be in (0, 1], got %v", o.RefreshAt))
+		c.refreshAt = DefaultRefreshAt
+	}
+	if c.refreshJitter == 0 {
+		c.refreshJitter = min(DefaultRefreshJitter, 1-c.refreshAt)
+	} else if !(c.refreshJitter > 0 && c.refreshJitter < 1) {
+		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshJitter must be in [0, 1), got %v", o.RefreshJitter))
+	} else if c.refreshAt+c.refreshJitter > 1 {
+		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshAt+RefreshJitter must not exceed 1, got %v", c.refreshAt+c.refreshJitter))
+	}
+	if c.noJitter {
+		c.refreshJitter = 0
+	}
+	if c.maxRetryBackoff < c.retryBackoff {
+		errs = append(errs, fmt.Errorf("kvsecrets: Options.MaxRetryBackoff (%v) is shorter than RetryBackoff (%v)", c.maxRetryBackoff, c.retryBackoff))
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	if len(errs) > 0 {
+		return config{}, errors.Join(errs...)
+	}
+	return c, nil
+}

@@ -1,0 +1,447 @@
+package kvsecrets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+)
+
+// Provider serves the secrets of one Key Vault from memory. Make one per
+// vault at start-up with [NewProvider] and share it; it is safe for
+// concurrent use by any number of goroutines. Call [Provider.Close] when done.
+type Provider struct {
+	client   *azsecrets.Client
+	vaultURL string
+	cfg      config
+
+	idx   index
+	hits  counter
+	sched scheduler
+
+	closed  atomic.Bool // read by the cached path
+	mu      sync.Mutex  // guards closing and wg.Add
+	closing bool
+	wg      sync.WaitGroup // every goroutine the Provider starts
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+
+	entries                                                         atomic.Int64
+	negativeHits, misses, vaultRequests, refreshes, refreshFailures atomic.Uint64
+	staleServes, rotations, revocations, staleDrops                 atomic.Uint64
+}
+
+// NewProvider returns a Provider for the vault at vaultURL (such as
+// "https://myvault.vault.azure.net/"). A nil cred means
+// azidentity.NewDefaultAzureCredential(nil); nil opts means all defaults.
+// It makes no request: secrets are read on first use or by [Provider.Preload].
+func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*Provider, error) {
+	u, err := checkVaultURL(vaultURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if cred == nil {
+		cred, err = azidentity.NewDefaultAzureCredential(nil)
+		if err != nil {
+			return nil, fmt.Errorf("kvsecrets: default Azure credential: %w", err)
+		}
+	}
+	client, err := azsecrets.NewClient(u, cred, cfg.clientOptions)
+	if err != nil {
+		return nil, fmt.Errorf("kvsecrets: %w", err)
+	}
+	p := &Provider{client: client, vaultURL: u, cfg: cfg}
+	p.idx.init()
+	p.ctx, p.cancel = context.WithCancelCause(context.Background())
+	p.sched.init()
+	p.wg.Add(1)
+	go p.runScheduler()
+	return p, nil
+}
+
+// checkVaultURL accepts https://host[:port][/] and returns it normalised
+// with a trailing slash.
+func checkVaultURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("kvsecrets: vault URL does not parse: %w", err)
+	}
+	switch {
+	case u.Scheme != "https":
+		return "", fmt.Errorf("kvsecrets: vault URL must start with https:// (Key Vault tokens are never sent over plain http), got scheme %q", u.Scheme)
+	case u.Host == "" || u.Hostname() == "":
+		return "", errors.New("kvsecrets: vault URL has no host")
+	case u.User != nil:
+		return "", errors.New("kvsecrets: vault URL must not carry user information")
+	case u.RawQuery != "" || u.Fragment != "":
+		return "", errors.New("kvsecrets: vault URL must not have a query or fragment")
+	case u.Path != "" && u.Path != "/":
+		return "", fmt.Errorf("kvsecrets: vault URL must not have a path, got %q", u.Path)
+	}
+	return "https://" + u.Host + "/", nil
+}
+
+// VaultURL returns the vault's URL as the Provider uses it.
+func (p *Provider) VaultURL() string { return p.vaultURL }
+
+// Get returns the value of the latest version of the named secret.
+//
+// The first call for a name reads the vault; concurrent first calls share
+// that read. Later calls are answered from memory, without locks or
+// allocations, while the value is refreshed in the background. If ctx ends
+// while waiting for the vault, Get returns ctx.Err() at once; the shared
+// read goes on for the other callers. Errors wrap ErrNotFound, ErrDisabled,
+// ErrForbidden, ErrUnavailable, ErrInvalidName or ErrClosed.
+func (p *Provider) Get(ctx context.Context, name string) (string, error) {
+	if e := (*p.idx.read.Load())[name]; e != nil {
+		if st := e.state.Load(); st.ready && !p.closed.Load() {
+			p.hits.inc()
+			return string(st.secret.value), nil
+		}
+	}
+	st, err := p.getSlow(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	return string(st.secret.value), nil
+}
+
+// GetSecret is [Provider.Get] with the secret's metadata. Its Tags map is a
+// copy.
+func (p *Provider) GetSecret(ctx context.Context, name string) (Secret, error) {
+	if e := (*p.idx.read.Load())[name]; e != nil {
+		if st := e.state.Load(); st.ready && !p.closed.Load() {
+			p.hits.inc()
+			return st.secret.clone(), nil
+		}
+	}
+	st, err := p.getSlow(ctx, name)
+	if err != nil {
+		return Secret{}, err
+	}
+	return st.secret.clone(), nil
+}
+
+func (s Secret) clone() Secret {
+	if s.Tags != nil {
+		s.Tags = maps.Clone(s.Tags)
+	}
+	return s
+}
+
+func (p *Provider) getSlow(ctx context.Context, name string) (*state, error) {
+	if p.closed.Load() {
+		return nil, &SecretError{Name: name, Kind: ErrClosed}
+	}
+	e, err := p.entryFor(name)
+	if err != nil {
+		return nil, err
+	}
+	return p.read(ctx, e, name)
+}
+
+// read answers from e's state when it can, and otherwise waits for a read of
+// the vault. name is the spelling the caller used, for errors.
+func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, error) {
+	st := e.state.Load()
+	now := time.Now()
+	if st.hasValue && e.version != "" {
+		// Pinned versions are not refreshed on a timer: they are
+		// re-validated on use once TTL has passed, and never served past
+		// MaxStale after their last successful read.
+		if now.Sub(st.fetched) >= p.cfg.maxStale {
+			st = emptyState
+		} else if now.Sub(st.fetched) >= p.cfg.ttl {
+			_, _ = p.startFlight(e, flightLoad) // in the background; serve the cached value now
+		}
+	}
+	if st.hasValue {
+		return p.serve(st, now, name, e.version, true)
+	}
+	if st.err != nil && now.Before(st.errUntil) {
+		p.negativeHits.Add(1)
+		return nil, st.err.as(name)
+	}
+	p.misses.Add(1)
+	f, err := p.startFlight(e, flightLoad)
+	if err != nil {
+		return nil, err.as(name)
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if f.st.hasValue {
+		return p.serve(f.st, time.Now(), name, e.version, false)
+	}
+	if f.err != nil {
+		return nil, f.err.as(name)
+	}
+	if f.st.err != nil {
+		return nil, f.st.err.as(name)
+	}
+	return nil, &SecretError{Name: name, Version: e.version, Kind: ErrUnavailable}
+}
+
+// serve returns a state with a value, counting a hit if it is one, after the checks the
+// cached path leaves to the slow one.
+func (p *Provider) serve(st *state, now time.Time, name, version string, hit bool) (*state, error) {
+	if err := st.checkValidity(now, name, version); err != nil {
+		return nil, err
+	}
+	if st.stale {
+		p.staleServes.Add(1)
+	}
+	if hit {
+		p.hits.inc()
+	}
+	return st, nil
+}
+
+// as returns the error naming the secret as the caller spelled it.
+func (e *SecretError) as(name string) *SecretError {
+	if e.Name == name {
+		return e
+	}
+	c := *e
+	c.Name = name
+	return &c
+}
+
+// entryFor validates name and returns its latest-version entry, creating it
+// on first use. Other spellings of a name share one entry.
+func (p *Provider) entryFor(name string) (*entry, error) {
+	if e := p.idx.load(name); e != nil {
+		return e, nil
+	}
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	canon := strings.ToLower(name)
+	p.idx.mu.Lock()
+	defer p.idx.mu.Unlock()
+	e := p.idx.getLocked(canon)
+	if e == nil {
+		e = newEntry(name, canon, "")
+		p.entries.Add(1)
+		p.idx.storeLocked(canon, e)
+	}
+	if name != canon && p.idx.getLocked(name) == nil && e.aliases < maxAliases {
+		e.aliases++
+		p.idx.storeLocked(name, e)
+	}
+	return e, nil
+}
+
+// GetVersion returns a pinned version of the named secret. Versions are
+// immutable, so a pinned version is cached without background refresh; once
+// TTL has passed since it was read, a use re-validates it in the background
+// (a version can still be disabled or deleted). An unknown version is
+// ErrNotFound.
+func (p *Provider) GetVersion(ctx context.Context, name, version string) (Secret, error) {
+	if p.closed.Load() {
+		return Secret{}, &SecretError{Name: name, Version: version, Kind: ErrClosed}
+	}
+	if err := checkVersion(version); err != nil {
+		return Secret{}, err
+	}
+	e, err := p.entryFor(name)
+	if err != nil {
+		return Secret{}, err
+	}
+	pe, created := e.pinned(strings.ToLower(version))
+	if created {
+		p.entries.Add(1)
+	}
+	st, err := p.read(ctx, pe, name)
+	if err != nil {
+		return Secret{}, err
+	}
+	return st.secret.clone(), nil
+}
+
+// Refresh reads the latest version of the named secret now, even if it is
+// cached, updates the cache, and fires Options.OnRotate if the version
+// changed. It does not join a read that started before it was called. A
+// transient failure is returned, and the cached value stays in place.
+func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
+	if p.closed.Load() {
+		return Secret{}, &SecretError{Name: name, Kind: ErrClosed}
+	}
+	e, err := p.entryFor(name)
+	if err != nil {
+		return Secret{}, err
+	}
+	f, serr := p.startFlight(e, flightForced)
+	if serr != nil {
+		return Secret{}, serr.as(name)
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return Secret{}, ctx.Err()
+	}
+	if f.err != nil {
+		return Secret{}, f.err.as(name)
+	}
+	return f.st.secret.clone(), nil
+}
+
+// Preload reads the named secrets in parallel (at most
+// Options.PreloadConcurrency at once) so that later Gets are served from
+// memory. Every success stays cached; the result joins one error per failed
+// secret, each naming it. Invalid names are reported before any request is
+// made, and then nothing is read.
+func (p *Provider) Preload(ctx context.Context, names ...string) error {
+	if p.closed.Load() {
+		return fmt.Errorf("kvsecrets: preload: %w", ErrClosed)
+	}
+	var bad []error
+	for i, n := range names {
+		if err := checkName(n); err != nil {
+			bad = append(bad, fmt.Errorf("names[%d]: %w", i, err))
+		}
+	}
+	if len(bad) > 0 {
+		return errors.Join(bad...)
+	}
+	seen := make(map[string]bool, len(names))
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	fail := func(name string, err error) {
+		var se *SecretError
+		if !errors.As(err, &se) {
+			err = fmt.Errorf("kvsecrets: secret %q: %w", name, err)
+		}
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
+	sem := make(chan struct{}, p.cfg.preloadConcurrency)
+	for _, n := range names {
+		canon := strings.ToLower(n)
+		if seen[canon] {
+			continue
+		}
+		seen[canon] = true
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			fail(n, ctx.Err())
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := p.GetSecret(ctx, n); err != nil {
+				fail(n, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Stats returns the Provider's counters.
+func (p *Provider) Stats() Stats {
+	return Stats{
+		Hits:            p.hits.load(),
+		NegativeHits:    p.negativeHits.Load(),
+		Misses:          p.misses.Load(),
+		VaultRequests:   p.vaultRequests.Load(),
+		Refreshes:       p.refreshes.Load(),
+		RefreshFailures: p.refreshFailures.Load(),
+		StaleServes:     p.staleServes.Load(),
+		Rotations:       p.rotations.Load(),
+		Revocations:     p.revocations.Load(),
+		StaleDrops:      p.staleDrops.Load(),
+		Entries:         int(p.entries.Load()),
+	}
+}
+
+// Close stops every background refresh and waits for the Provider's
+// goroutines to end; reads in flight are canceled. Calls after Close return
+// ErrClosed. Close is safe to call more than once; it always returns nil.
+func (p *Provider) Close() error {
+	p.mu.Lock()
+	first := !p.closing
+	p.closing = true
+	p.closed.Store(true)
+	p.mu.Unlock()
+	if first {
+		p.cancel(errProviderClosed)
+	}
+	p.wg.Wait()
+	if first {
+		// Let the cached values be collected.
+		p.idx.mu.Lock()
+		m := map[string]*entry{}
+		p.idx.read.Store(&m)
+		p.idx.dirty = nil
+		p.idx.mu.Unlock()
+	}
+	return nil
+}
+
+// track registers a goroutine about to start; false once Close has begun.
+func (p *Provider) track() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	p.wg.Add(1)
+	return true
+}
+
+// checkName reports why name is not a valid Key Vault secret name. The error
+// describes the problem without repeating the name, which might be a value
+// passed by mistake.
+func checkName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: the name is empty", ErrInvalidName)
+	}
+	if len(name) > 127 {
+		return fmt.Errorf("%w: the name is %d bytes long; the limit is 127", ErrInvalidName, len(name))
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-') {
+			return fmt.Errorf("%w: byte %d is not a letter, digit or '-' (names are 1-127 characters of 0-9, a-z, A-Z and '-')", ErrInvalidName, i+1)
+		}
+	}
+	return nil
+}
+
+// checkVersion reports why version is not a plausible version id.
+func checkVersion(version string) error {
+	if version == "" {
+		return fmt.Errorf("%w: the version is empty (use GetSecret for the latest version)", ErrInvalidVersion)
+	}
+	if len(version) > 64 {
+		return fmt.Errorf("%w: the version is %d bytes long; the limit is 64", ErrInvalidVersion, len(version))
+	}
+	for i := 0; i < len(version); i++ {
+		c := version[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return fmt.Errorf("%w: byte %d is not a letter or digit", ErrInvalidVersion, i+1)
+		}
+	}
+	return nil
+}
