@@ -2,10 +2,10 @@ package kvsecrets
 
 import (
 	"maps"
-	"unsafe"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // state is an immutable snapshot of what an entry answers. Writers build a
@@ -244,7 +244,7 @@ func (x *index) all() []*entry {
 // read path. The leading pad keeps the first stripe off the cache line of
 // the fields before it, which the read path loads.
 type counter struct {
-	_ [64]byte
+	_       [64]byte
 	stripes [16]struct {
 		n atomic.Uint64
 		_ [56]byte
