@@ -3,11 +3,17 @@ package kvsecrets
 import (
 	"context"
 	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"go.uber.org/goleak"
 )
 
@@ -115,4 +121,279 @@ func TestSharedReadIsBoundedByFetchTimeout(t *testing.T) {
 			t.Fatalf("gave up after %v, want 5s", d)
 		}
 	})
+}
+
+func TestInvalidNamesNeverReachTheNetwork(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("Good", "x")
+		p := v.newProvider(t, nil)
+		mustGet(t, p, "Good", "x")
+		bad := []string{"", "has space", "under_score", "dot.ted", "slash/name", "q?x=1", "ünïcode",
+			strings.Repeat("a", 128), "../secrets", "name\n", "%2e%2e"}
+		ctx := context.Background()
+		for _, name := range bad {
+			_, err := p.Get(ctx, name)
+			if !errors.Is(err, ErrInvalidName) {
+				t.Errorf("Get(%q) = %v, want ErrInvalidName", name, err)
+			}
+			if name != "" && strings.Contains(err.Error(), name) {
+				t.Errorf("error repeats the invalid name: %v", err)
+			}
+			if _, err := p.GetSecret(ctx, name); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("GetSecret(%q) = %v", name, err)
+			}
+			if _, err := p.Refresh(ctx, name); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("Refresh(%q) = %v", name, err)
+			}
+			if _, err := p.GetVersion(ctx, name, "abc"); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("GetVersion(%q) = %v", name, err)
+			}
+		}
+		if err := p.Preload(ctx, "Good", "bad name", "Other"); !errors.Is(err, ErrInvalidName) {
+			t.Fatalf("Preload = %v", err)
+		}
+		for _, ver := range []string{"", "abc-def", "abc/def", strings.Repeat("a", 65)} {
+			if _, err := p.GetVersion(ctx, "Good", ver); !errors.Is(err, ErrInvalidVersion) || !errors.Is(err, ErrInvalidName) {
+				t.Errorf("GetVersion(Good, %q) = %v", ver, err)
+			}
+		}
+		if n := v.requests.Load(); n != 1 {
+			t.Fatalf("requests = %d, want only the valid one", n)
+		}
+		mustGet(t, p, "Good", "x") // nothing cached was lost
+		for _, name := range []string{"a", "A-1", strings.Repeat("Z", 127), "0", "-"} {
+			if err := checkName(name); err != nil {
+				t.Errorf("checkName(%q) = %v", name, err)
+			}
+		}
+	})
+}
+
+func TestNamesAreCaseInsensitive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("MyApiKey", "v1")
+		p := v.newProvider(t, &Options{TTL: time.Minute})
+		spellings := []string{"MyApiKey", "myapikey", "MYAPIKEY", "myApiKey"}
+		for _, s := range spellings {
+			mustGet(t, p, s, "v1")
+		}
+		if n := v.requests.Load(); n != 1 || p.Stats().Entries != 1 {
+			t.Fatalf("requests = %d, entries = %d; want one of each", n, p.Stats().Entries)
+		}
+		v.set("MYAPIKEY", "v2")
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		for _, s := range spellings {
+			mustGet(t, p, s, "v2")
+		}
+		// Many spellings beyond the fast-path slots still agree.
+		for i := range 20 {
+			b := []byte("myapikey")
+			for j := range b {
+				if i>>j&1 == 1 {
+					b[j] -= 'a' - 'A'
+				}
+			}
+			mustGet(t, p, string(b), "v2")
+		}
+	})
+}
+
+func TestGetVersionPinsAVersion(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v1 := v.set("K", "v1")
+		v.set("K", "v2")
+		p := v.newProvider(t, &Options{TTL: time.Hour})
+		ctx := context.Background()
+		for range 3 {
+			s, err := p.GetVersion(ctx, "K", v1)
+			if err != nil || s.Value() != "v1" || s.Version != v1 {
+				t.Fatalf("GetVersion = %v, %v", s, err)
+			}
+		}
+		if _, err := p.GetVersion(ctx, "k", strings.ToUpper(v1)); err != nil {
+			t.Fatal(err)
+		}
+		if n := v.requests.Load(); n != 1 {
+			t.Fatalf("requests = %d, want 1", n)
+		}
+		mustGet(t, p, "K", "v2") // the latest is its own entry
+		time.Sleep(10 * time.Hour)
+		synctest.Wait()
+		// The latest is refreshed every 45m; the pinned version never.
+		for _, r := range v.requestLog()[2:] {
+			if r.Version != "" {
+				t.Fatalf("pinned version refreshed in the background at %v", r.At)
+			}
+		}
+		// On use after TTL, a pinned version is re-validated in the background.
+		n := v.requests.Load()
+		if _, err := p.GetVersion(ctx, "K", v1); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if v.requests.Load() != n+1 {
+			t.Fatal("stale pinned version was not re-validated")
+		}
+		if _, err := p.GetVersion(ctx, "K", "0123456789abcdef0123456789abcdef"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("unknown version: %v", err)
+		}
+	})
+}
+
+func TestPreloadIsParallelAndBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		var names []string
+		for i := range 40 {
+			n := "secret-" + strconv.Itoa(i)
+			names = append(names, n)
+			v.set(n, "value-"+strconv.Itoa(i))
+		}
+		v.latency = 100 * time.Millisecond
+		p := v.newProvider(t, &Options{PreloadConcurrency: 8})
+		start := time.Now()
+		if err := p.Preload(context.Background(), append(names, "SECRET-0")...); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d != 500*time.Millisecond {
+			t.Fatalf("Preload of 40 at 100ms with 8 at once took %v, want 500ms", d)
+		}
+		if peak := v.peak.Load(); peak != 8 {
+			t.Fatalf("peak concurrency = %d, want 8", peak)
+		}
+		if n := v.requests.Load(); n != 40 {
+			t.Fatalf("requests = %d, want 40", n)
+		}
+		before := v.requests.Load()
+		for i, n := range names {
+			mustGet(t, p, n, "value-"+strconv.Itoa(i))
+		}
+		if v.requests.Load() != before {
+			t.Fatal("preloaded secrets were read again")
+		}
+	})
+}
+
+func TestPreloadJoinsEveryFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("Ok", "x")
+		v.setFail(func(name string) (int, string) {
+			if name == "Forbidden" {
+				return http.StatusForbidden, "Forbidden"
+			}
+			return 0, ""
+		})
+		p := v.newProvider(t, nil)
+		err := p.Preload(context.Background(), "Ok", "MissingOne", "Forbidden")
+		if !errors.Is(err, ErrNotFound) || !errors.Is(err, ErrForbidden) {
+			t.Fatalf("err = %v", err)
+		}
+		for _, want := range []string{`"MissingOne"`, `"Forbidden"`} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error does not name %s: %v", want, err)
+			}
+		}
+		mustGet(t, p, "Ok", "x")
+		if n := v.count("Ok"); n != 1 {
+			t.Fatalf("the success was not kept: %d reads", n)
+		}
+	})
+}
+
+func TestErrorsWrapSentinelAndResponseError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		p := v.newProvider(t, nil)
+		_, err := p.Get(context.Background(), "Missing")
+		var re *azcore.ResponseError
+		if !errors.Is(err, ErrNotFound) || !errors.As(err, &re) || re.StatusCode != 404 || re.ErrorCode != "SecretNotFound" {
+			t.Fatalf("err = %v", err)
+		}
+		var se *SecretError
+		if !errors.As(err, &se) || se.Name != "Missing" {
+			t.Fatalf("err = %#v", err)
+		}
+		if got := err.Error(); got != `kvsecrets: secret "Missing": secret not found (404 SecretNotFound)` {
+			t.Fatalf("message = %q", got)
+		}
+	})
+}
+
+func TestCloseStopsEverything(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("K", "v")
+		v.set("Slow", "v")
+		p := v.newProvider(t, &Options{TTL: time.Second})
+		mustGet(t, p, "K", "v")
+		v.gate = make(chan struct{})
+		done := make(chan error)
+		go func() { _, err := p.Get(context.Background(), "Slow"); done <- err }()
+		synctest.Wait()
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err == nil {
+			t.Fatal("a read in flight at Close succeeded")
+		}
+		for _, err := range []error{
+			func() error { _, err := p.Get(context.Background(), "K"); return err }(),
+			func() error { _, err := p.GetSecret(context.Background(), "K"); return err }(),
+			func() error { _, err := p.GetVersion(context.Background(), "K", "abc"); return err }(),
+			func() error { _, err := p.Refresh(context.Background(), "K"); return err }(),
+			p.Preload(context.Background(), "K"),
+		} {
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("after Close: %v, want ErrClosed", err)
+			}
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal("second Close:", err)
+		}
+		n := v.requests.Load()
+		time.Sleep(time.Hour)
+		if v.requests.Load() != n {
+			t.Fatal("refreshes after Close")
+		}
+		// synctest.Test itself fails if any goroutine of the bubble is left.
+	})
+}
+
+func TestNewProviderValidates(t *testing.T) {
+	cred := &azfake.TokenCredential{}
+	for _, u := range []string{"http://x.vault.azure.net/", "x.vault.azure.net", "https://", "https:///path",
+		"https://user:pw@x.vault.azure.net/", "https://x.vault.azure.net/?a=b", "https://x.vault.azure.net/secrets", "://"} {
+		if _, err := NewProvider(u, cred, nil); err == nil || !strings.HasPrefix(err.Error(), "kvsecrets: ") {
+			t.Errorf("NewProvider(%q) = %v", u, err)
+		}
+	}
+	for _, o := range []Options{{TTL: -1}, {MaxStale: -time.Second}, {NegativeTTL: -1}, {RefreshAt: 1.5},
+		{RefreshAt: 0.9, RefreshJitter: 0.2}, {PreloadConcurrency: -1}, {FetchTimeout: -1},
+		{RetryBackoff: time.Minute, MaxRetryBackoff: time.Second}, {RefreshJitter: math.NaN()}} {
+		_, err := NewProvider(fakeVaultURL, cred, &o)
+		if err == nil || !strings.HasPrefix(err.Error(), "kvsecrets: Options.") {
+			t.Errorf("NewProvider(%+v) = %v", o, err)
+		}
+	}
+	p, err := NewProvider("https://x.vault.azure.net", cred, &Options{TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.VaultURL() != "https://x.vault.azure.net/" || p.cfg.ttl != time.Second || p.cfg.maxStale != DefaultMaxStale {
+		t.Fatalf("url %q, cfg %+v", p.VaultURL(), p.cfg)
+	}
+}
+
+func TestNilCredentialMeansDefaultAzureCredential(t *testing.T) {
+	p, err := NewProvider("https://x.vault.azure.net/", nil, nil)
+	if err != nil {
+		t.Skipf("DefaultAzureCredential unavailable here: %v", err)
+	}
+	p.Close()
 }
