@@ -21,12 +21,18 @@ import (
 // backoff, stale serving, revocation and rotation callbacks.
 
 // startFlight returns the read of e of the given kind in progress, starting
-// one if there is none.
-func (p *Provider) startFlight(e *entry, kind int) (*flight, *SecretError) {
+// one if there is none. A caller that decided to read because of the state
+// seen passes it: if the state has changed since (a read finished in
+// between), the caller gets a finished flight with the new state instead of
+// a second read.
+func (p *Provider) startFlight(e *entry, kind int, seen *state) (*flight, *SecretError) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if f := e.flights[kind]; f != nil {
 		return f, nil
+	}
+	if st := e.state.Load(); seen != nil && st != seen {
+		return &flight{done: closedChan, st: st}, nil
 	}
 	if !p.track() {
 		return nil, &SecretError{Name: e.name, Version: e.version, Kind: ErrClosed}
@@ -82,6 +88,13 @@ func (p *Provider) fetch(e *entry) (sec Secret, err error) {
 	}
 	return fromSDK(e, resp.Secret)
 }
+
+// closedChan is the done channel of flights that finished before they began.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // errNoValue is the cause when the vault's answer has no value.
 var errNoValue = errors.New("kvsecrets: the vault's answer has no value")
@@ -442,7 +455,7 @@ func (p *Provider) runScheduler() {
 				return
 			}
 			p.dropIfTooStale(e)
-			f, err := p.startFlight(e, flightLoad)
+			f, err := p.startFlight(e, flightLoad, nil)
 			if err != nil {
 				return // closing
 			}

@@ -157,15 +157,16 @@ func (p *Provider) getSlow(ctx context.Context, name string) (*state, error) {
 // the vault. name is the spelling the caller used, for errors.
 func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, error) {
 	st := e.state.Load()
+	seen := st // what this caller decides on; see startFlight
 	now := time.Now()
 	if st.hasValue && e.version != "" {
 		// Pinned versions are not refreshed on a timer: they are
 		// re-validated on use once TTL has passed, and never served past
 		// MaxStale after their last successful read.
 		if now.Sub(st.fetched) >= p.cfg.maxStale {
-			st = emptyState
+			st, seen = emptyState, nil
 		} else if now.Sub(st.fetched) >= p.cfg.ttl {
-			_, _ = p.startFlight(e, flightLoad) // in the background; serve the cached value now
+			_, _ = p.startFlight(e, flightLoad, nil) // in the background; serve the cached value now
 		}
 	}
 	if st.hasValue {
@@ -176,7 +177,7 @@ func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, err
 		return nil, st.err.as(name)
 	}
 	p.misses.Add(1)
-	f, err := p.startFlight(e, flightLoad)
+	f, err := p.startFlight(e, flightLoad, seen)
 	if err != nil {
 		return nil, err.as(name)
 	}
@@ -286,7 +287,7 @@ func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 	if err != nil {
 		return Secret{}, err
 	}
-	f, serr := p.startFlight(e, flightForced)
+	f, serr := p.startFlight(e, flightForced, nil)
 	if serr != nil {
 		return Secret{}, serr.as(name)
 	}

@@ -397,3 +397,31 @@ func TestNilCredentialMeansDefaultAzureCredential(t *testing.T) {
 	}
 	p.Close()
 }
+
+// TestBurstsWithoutAGateStillReadOnce races callers against the end of the
+// shared read, on the real clock: a caller that saw the empty entry just
+// before the read finished must not start a second read.
+func TestBurstsWithoutAGateStillReadOnce(t *testing.T) {
+	for range 20 {
+		v := newFakeVault()
+		v.set("K", "v")
+		v.latency = time.Millisecond
+		p := v.newProvider(t, nil)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 200 {
+			wg.Go(func() {
+				<-start
+				if _, err := p.Get(context.Background(), "K"); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if n := v.requests.Load(); n != 1 {
+			t.Fatalf("vault reads = %d, want 1", n)
+		}
+		p.Close()
+	}
+}

@@ -1,0 +1,162 @@
+package kvsecrets_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets/fake"
+
+	"github.com/kvsecrets/kvsecrets"
+)
+
+// fakeVault returns client options that answer GetSecret from a map through
+// the SDK's own fake transport: how an application's tests can run a
+// Provider without Azure. Versions are "v1", "v2", … as values are added.
+func fakeVault(values map[string][]string, reads *atomic.Int64) *azsecrets.ClientOptions {
+	srv := fake.Server{
+		GetSecret: func(_ context.Context, name, version string, _ *azsecrets.GetSecretOptions) (resp azfake.Responder[azsecrets.GetSecretResponse], errResp azfake.ErrorResponder) {
+			if reads != nil {
+				reads.Add(1)
+			}
+			vals := values[name]
+			if len(vals) == 0 {
+				errResp.SetResponseError(http.StatusNotFound, "SecretNotFound")
+				return
+			}
+			n := len(vals)
+			if version != "" {
+				fmt.Sscanf(version, "v%d", &n)
+			}
+			id := azsecrets.ID(fmt.Sprintf("https://myvault.vault.azure.net/secrets/%s/v%d", name, n))
+			exp := time.Date(2031, 5, 1, 0, 0, 0, 0, time.UTC)
+			resp.SetResponse(http.StatusOK, azsecrets.GetSecretResponse{Secret: azsecrets.Secret{
+				ID: &id, Value: to.Ptr(vals[n-1]), ContentType: to.Ptr("text/plain"),
+				Attributes: &azsecrets.SecretAttributes{Enabled: to.Ptr(true), Expires: &exp},
+			}}, nil)
+			return
+		},
+	}
+	return &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: fake.NewServerTransport(&srv)}}
+}
+
+func Example() {
+	// In production: kvsecrets.NewProvider("https://myvault.vault.azure.net/", nil, nil)
+	// uses DefaultAzureCredential. Here the SDK's fake transport stands in for the vault.
+	var reads atomic.Int64
+	opts := &kvsecrets.Options{ClientOptions: fakeVault(map[string][]string{"MyApiKey": {"k-123"}}, &reads)}
+	p, err := kvsecrets.NewProvider("https://myvault.vault.azure.net/", &azfake.TokenCredential{}, opts)
+	if err != nil {
+		panic(err)
+	}
+	defer p.Close()
+
+	ctx := context.Background()
+	for range 1000 {
+		key, err := p.Get(ctx, "MyApiKey") // the first call reads the vault; the rest, memory
+		if err != nil {
+			panic(err)
+		}
+		_ = key
+	}
+	fmt.Println("vault reads:", reads.Load())
+	fmt.Println("hits:", p.Stats().Hits)
+	// Output:
+	// vault reads: 1
+	// hits: 999
+}
+
+func ExampleProvider_GetSecret() {
+	opts := &kvsecrets.Options{ClientOptions: fakeVault(map[string][]string{"MyApiKey": {"k-123"}}, nil)}
+	p, _ := kvsecrets.NewProvider("https://myvault.vault.azure.net/", &azfake.TokenCredential{}, opts)
+	defer p.Close()
+
+	s, err := p.GetSecret(context.Background(), "MyApiKey")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(s.Name, s.Version, s.ContentType, s.Expires.Format(time.DateOnly))
+	fmt.Println(len(s.Value()), "bytes of value")
+	// Output:
+	// MyApiKey v1 text/plain 2031-05-01
+	// 5 bytes of value
+}
+
+func ExampleSecret_String() {
+	opts := &kvsecrets.Options{ClientOptions: fakeVault(map[string][]string{"MyApiKey": {"k-123"}}, nil)}
+	p, _ := kvsecrets.NewProvider("https://myvault.vault.azure.net/", &azfake.TokenCredential{}, opts)
+	defer p.Close()
+
+	s, _ := p.GetSecret(context.Background(), "MyApiKey")
+	// Printing, logging or marshalling a Secret never shows the value.
+	fmt.Println(s)
+	fmt.Printf("%#v\n", s)
+	// Output:
+	// kvsecrets.Secret{Name: "MyApiKey", Version: "v1", ContentType: "text/plain", Expires: 2031-05-01T00:00:00Z, Value: [REDACTED]}
+	// kvsecrets.Secret{Name: "MyApiKey", Version: "v1", ContentType: "text/plain", Expires: 2031-05-01T00:00:00Z, Value: [REDACTED]}
+}
+
+func ExampleProvider_Preload() {
+	opts := &kvsecrets.Options{ClientOptions: fakeVault(map[string][]string{
+		"StripeKey": {"sk"}, "MapsKey": {"mk"},
+	}, nil)}
+	p, _ := kvsecrets.NewProvider("https://myvault.vault.azure.net/", &azfake.TokenCredential{}, opts)
+	defer p.Close()
+
+	// At start-up: read every key in parallel and fail fast, naming each
+	// missing secret.
+	err := p.Preload(context.Background(), "StripeKey", "MapsKey", "SendGridKey")
+	fmt.Println(err)
+	fmt.Println(errors.Is(err, kvsecrets.ErrNotFound))
+	// Output:
+	// kvsecrets: secret "SendGridKey": secret not found (404 SecretNotFound)
+	// true
+}
+
+func ExampleProvider_Refresh() {
+	values := map[string][]string{"MyApiKey": {"old-key"}}
+	opts := &kvsecrets.Options{
+		ClientOptions: fakeVault(values, nil),
+		OnRotate: func(ev kvsecrets.RotationEvent) {
+			fmt.Printf("rotated %s: %s -> %s\n", ev.Name, ev.OldVersion, ev.NewVersion)
+		},
+	}
+	p, _ := kvsecrets.NewProvider("https://myvault.vault.azure.net/", &azfake.TokenCredential{}, opts)
+	defer p.Close()
+	ctx := context.Background()
+
+	key, _ := p.Get(ctx, "MyApiKey")
+	fmt.Println(key)
+	values["MyApiKey"] = append(values["MyApiKey"], "new-key") // a new version in the vault
+	if _, err := p.Refresh(ctx, "MyApiKey"); err != nil {     // normally the background refresh does this
+		panic(err)
+	}
+	key, _ = p.Get(ctx, "MyApiKey")
+	fmt.Println(key)
+	// Output:
+	// old-key
+	// rotated MyApiKey: v1 -> v2
+	// new-key
+}
+
+func ExampleProvider_GetVersion() {
+	opts := &kvsecrets.Options{ClientOptions: fakeVault(map[string][]string{"MyApiKey": {"first", "second"}}, nil)}
+	p, _ := kvsecrets.NewProvider("https://myvault.vault.azure.net/", &azfake.TokenCredential{}, opts)
+	defer p.Close()
+
+	s, _ := p.GetVersion(context.Background(), "MyApiKey", "v1")
+	fmt.Println(s.Version, s.Value())
+	_, err := p.GetVersion(context.Background(), "MyApiKey", "not/a/version")
+	fmt.Println(errors.Is(err, kvsecrets.ErrInvalidVersion), strings.HasPrefix(err.Error(), "kvsecrets: invalid secret version"))
+	// Output:
+	// v1 first
+	// true true
+}

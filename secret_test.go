@@ -1,0 +1,121 @@
+package kvsecrets
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// knownValue has characters no name may have, as API keys often do, so that
+// passing it as a name by mistake is refused without being echoed.
+const knownValue = "hunter2_THE+VALUE/="
+
+func TestSecretNeverRevealsItsValue(t *testing.T) {
+	s := Secret{Name: "MyApiKey", Version: "abc", ContentType: "text/plain", Tags: map[string]string{"env": "prod"},
+		Expires: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), value: knownValue}
+	ev := RotationEvent{Name: "MyApiKey", OldVersion: "a", NewVersion: "b", Secret: s}
+	var outs []string
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T %v", "%10.3s", "%-v"} {
+		outs = append(outs, fmt.Sprintf(verb, s), fmt.Sprintf(verb, &s), fmt.Sprintf(verb, ev),
+			fmt.Sprintf(verb, []Secret{s}), fmt.Sprintf(verb, map[string]Secret{"k": s}), fmt.Sprintf(verb, s.value))
+	}
+	outs = append(outs, s.String(), s.GoString(), fmt.Sprint(s), fmt.Sprintln(s, ev))
+	for _, v := range []any{s, &s, ev, []Secret{s}, map[string]any{"s": s}} {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, string(b))
+	}
+	var buf bytes.Buffer
+	for _, h := range []slog.Handler{slog.NewJSONHandler(&buf, nil), slog.NewTextHandler(&buf, nil)} {
+		l := slog.New(h)
+		l.Info("msg", "secret", s, "ptr", &s, "event", ev, "any", slog.AnyValue(s), "list", []Secret{s}, "raw", s.value)
+	}
+	outs = append(outs, buf.String())
+	for _, o := range outs {
+		if strings.Contains(o, knownValue) || strings.Contains(o, fmt.Sprintf("%x", knownValue)) {
+			t.Fatalf("value revealed: %s", o)
+		}
+	}
+	if !strings.Contains(s.String(), "MyApiKey") || !strings.Contains(buf.String(), "MyApiKey") {
+		t.Fatalf("metadata missing: %s / %s", s.String(), buf.String())
+	}
+	if s.Value() != knownValue {
+		t.Fatal("Value() does not return the value")
+	}
+}
+
+// TestNoValueInLogsOrErrors runs the public surface through successes,
+// rotations, outages, revocations and misuse with a known value, and scans
+// every log line and error for it.
+func TestNoValueInLogsOrErrors(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("K", knownValue, withExp(time.Now().Add(24*time.Hour)))
+		logs := &logRecorder{}
+		var buf bytes.Buffer
+		logger := slog.New(multiHandler{logs, slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})})
+		p := v.newProvider(t, &Options{TTL: time.Minute, MaxStale: 10 * time.Minute, Logger: logger,
+			OnRotate: func(ev RotationEvent) { logger.Info("rotated", "event", ev) }})
+		ctx := context.Background()
+		var errs []error
+		keep := func(_ any, err error) {
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		keep(p.Get(ctx, "K"))
+		keep(p.GetSecret(ctx, "K"))
+		v.set("K", knownValue+"-2")
+		keep(p.Refresh(ctx, "K"))
+		keep(p.Get(ctx, knownValue)) // a value passed as a name by mistake
+		keep(p.GetVersion(ctx, "K", knownValue))
+		errs = append(errs, p.Preload(ctx, "K", knownValue))
+		v.setFail(func(string) (int, string) { return http.StatusServiceUnavailable, "ServiceUnavailable" })
+		time.Sleep(15 * time.Minute)
+		keep(p.Get(ctx, "K"))
+		keep(p.Refresh(ctx, "K"))
+		v.setFail(func(string) (int, string) { return http.StatusForbidden, "Forbidden" })
+		keep(p.Refresh(ctx, "K"))
+		keep(p.Get(ctx, "K"))
+		if len(errs) < 6 {
+			t.Fatalf("expected failures to scan, got %d", len(errs))
+		}
+		for _, err := range errs {
+			for _, s := range []string{err.Error(), fmt.Sprintf("%+v", err), fmt.Sprintf("%#v", err)} {
+				if strings.Contains(s, knownValue) || strings.Contains(s, "hunter2") {
+					t.Fatalf("error reveals the value: %s", s)
+				}
+			}
+		}
+		logs.assertNoValue(t, "hunter2")
+		if strings.Contains(buf.String(), "hunter2") {
+			t.Fatalf("JSON log reveals the value: %s", buf.String())
+		}
+		if logs.count(slog.LevelWarn, "") == 0 {
+			t.Fatal("nothing was logged; the scan proves nothing")
+		}
+	})
+}
+
+type multiHandler []slog.Handler
+
+func (m multiHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (m multiHandler) Handle(ctx context.Context, r slog.Record) error {
+	for _, h := range m {
+		if h.Enabled(ctx, r.Level) {
+			h.Handle(ctx, r.Clone())
+		}
+	}
+	return nil
+}
+func (m multiHandler) WithAttrs([]slog.Attr) slog.Handler { return m }
+func (m multiHandler) WithGroup(string) slog.Handler      { return m }
