@@ -215,30 +215,6 @@ func (x *index) getLocked(key string) *entry {
 	return (*x.read.Load())[key]
 }
 
-// all returns every distinct entry, pinned versions included.
-func (x *index) all() []*entry {
-	x.mu.Lock()
-	m := x.dirty
-	if m == nil {
-		m = *x.read.Load()
-	}
-	seen := make(map[*entry]bool, len(m))
-	var out []*entry
-	for _, e := range m {
-		if !seen[e] {
-			seen[e] = true
-			out = append(out, e)
-			if vm := e.versions.Load(); vm != nil {
-				for _, pe := range *vm {
-					out = append(out, pe)
-				}
-			}
-		}
-	}
-	x.mu.Unlock()
-	return out
-}
-
 // counter is a striped counter: increments from many cores land on
 // different cache lines, so counting hits does not serialise the cached
 // read path. The leading pad keeps the first stripe off the cache line of

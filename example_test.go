@@ -136,7 +136,7 @@ func ExampleProvider_Refresh() {
 	key, _ := p.Get(ctx, "MyApiKey")
 	fmt.Println(key)
 	values["MyApiKey"] = append(values["MyApiKey"], "new-key") // a new version in the vault
-	if _, err := p.Refresh(ctx, "MyApiKey"); err != nil {     // normally the background refresh does this
+	if _, err := p.Refresh(ctx, "MyApiKey"); err != nil {      // normally the background refresh does this
 		panic(err)
 	}
 	key, _ = p.Get(ctx, "MyApiKey")

@@ -155,7 +155,7 @@ func testCert(t testing.TB, host string) tls.Certificate {
 // table of secrets, with switches for the failures tests need.
 type kvSecrets struct {
 	mu       sync.Mutex
-	secrets  map[string][]kvVersion // by lower-case name; last is latest
+	secrets  map[string][]kvVersion        // by lower-case name; last is latest
 	failNext []func(w http.ResponseWriter) // answers for the next requests
 	gets     int
 }

@@ -134,7 +134,7 @@ func TestExpiryAwareRefresh(t *testing.T) {
 		mustGet(t, p, "K", "old")
 		time.Sleep(5 * time.Minute)
 		v.set("K", "new", withExp(time.Now().Add(180*24*time.Hour))) // rotated ahead of expiry
-		time.Sleep(5 * time.Minute)                                   // exp: re-read then, not after 18h
+		time.Sleep(5 * time.Minute)                                  // exp: re-read then, not after 18h
 		synctest.Wait()
 		mustGet(t, p, "K", "new")
 		if n := v.requests.Load(); n != 2 {
