@@ -94,6 +94,10 @@ type failure struct {
 // else is transient and leaves a cached value in place.
 func classify(name, version string, err error) failure {
 	se := &SecretError{Name: name, Version: version, Err: err}
+	if errors.Is(err, errProviderClosed) {
+		se.Kind = ErrClosed
+		return failure{err: se}
+	}
 	var re *azcore.ResponseError
 	if !errors.As(err, &re) {
 		se.Kind = ErrUnavailable
@@ -130,8 +134,6 @@ func transportDetail(err error) string {
 	switch {
 	case errors.Is(err, errFetchTimeout):
 		return "timed out"
-	case errors.Is(err, errProviderClosed):
-		return "provider closing"
 	}
 	msg := err.Error()
 	if i := strings.IndexByte(msg, '\n'); i >= 0 {

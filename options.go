@@ -84,7 +84,8 @@ type Options struct {
 
 	// RetryBackoff is the first delay before a failed background refresh is
 	// tried again; it doubles on each further failure up to MaxRetryBackoff,
-	// with jitter. A 429's Retry-After is honoured when longer. Default 1s.
+	// with jitter. A 429's or 503's Retry-After is honoured when longer (up
+	// to 10 minutes). Default 1s.
 	RetryBackoff time.Duration
 
 	// MaxRetryBackoff caps the retry delay. Default 2m.

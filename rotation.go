@@ -52,8 +52,18 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int, seq uint64) {
 	if e.state.Load().hasValue {
 		p.refreshes.Add(1)
 	}
+	start := time.Now()
 	sec, fetchErr := p.fetch(e)
 	st, serr, after := p.apply(e, seq, sec, fetchErr)
+	if log := p.cfg.logger; log.Enabled(p.ctx, slog.LevelDebug) {
+		attrs := []slog.Attr{slog.String("secret", e.name), slog.Duration("took", time.Since(start))}
+		if serr != nil {
+			attrs = append(attrs, slog.Any("error", serr))
+		} else {
+			attrs = append(attrs, slog.String("version", sec.Version))
+		}
+		log.LogAttrs(p.ctx, slog.LevelDebug, "kvsecrets: read secret", attrs...)
+	}
 	e.mu.Lock()
 	e.flights[kind] = nil
 	e.mu.Unlock()

@@ -338,8 +338,8 @@ func TestCloseStopsEverything(t *testing.T) {
 		if err := p.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if err := <-done; err == nil {
-			t.Fatal("a read in flight at Close succeeded")
+		if err := <-done; !errors.Is(err, ErrClosed) {
+			t.Fatalf("a read in flight at Close: %v, want ErrClosed", err)
 		}
 		for _, err := range []error{
 			func() error { _, err := p.Get(context.Background(), "K"); return err }(),
@@ -424,4 +424,42 @@ func TestBurstsWithoutAGateStillReadOnce(t *testing.T) {
 		}
 		p.Close()
 	}
+}
+
+func TestPinnedVersionStaleRulesAndRevocation(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v1 := v.set("K", "v1")
+		p := v.newProvider(t, &Options{TTL: time.Hour, MaxStale: 3 * time.Hour})
+		ctx := context.Background()
+		get := func() (Secret, error) { return p.GetVersion(ctx, "K", v1) }
+		if _, err := get(); err != nil {
+			t.Fatal(err)
+		}
+		v.setFail(func(string) (int, string) { return http.StatusServiceUnavailable, "" })
+		time.Sleep(2 * time.Hour)
+		if s, err := get(); err != nil || s.Value() != "v1" {
+			t.Fatalf("within MaxStale during an outage: %v, %v", s, err)
+		}
+		synctest.Wait() // the re-validation fails; the value stays
+		if p.Stats().RefreshFailures != 1 {
+			t.Fatalf("stats = %+v", p.Stats())
+		}
+		time.Sleep(time.Hour)
+		if _, err := get(); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("past MaxStale: %v, want ErrUnavailable", err)
+		}
+		v.setFail(nil)
+		if s, err := get(); err != nil || s.Value() != "v1" {
+			t.Fatalf("after the outage: %v, %v", s, err)
+		}
+		// Disabling a version is seen at the next re-validation.
+		v.setFail(func(string) (int, string) { return http.StatusForbidden, "Forbidden" })
+		time.Sleep(time.Hour)
+		get() // served once more while it is re-validated
+		synctest.Wait()
+		if _, err := get(); !errors.Is(err, ErrForbidden) {
+			t.Fatalf("after revocation: %v, want ErrForbidden", err)
+		}
+	})
 }
