@@ -294,9 +294,10 @@ func (p *Provider) dropIfTooStale(e *entry) {
 	st := e.state.Load()
 	drop := st.hasValue && st.stale && now.Sub(st.fetched) >= p.cfg.maxStale
 	if drop {
-		e.seq++
+		// The same seq as the stale state: a read already in flight is
+		// newer and must still be applied when it returns.
 		e.state.Store(&state{err: &SecretError{Name: e.name, Kind: ErrUnavailable,
-			detail: "no successful refresh within MaxStale"}, seq: e.seq})
+			detail: "no successful refresh within MaxStale"}, seq: st.seq})
 	}
 	e.mu.Unlock()
 	if drop {
