@@ -9,6 +9,8 @@ import (
 
 	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+
+	"github.com/kvsecrets/kvsecrets/kvtest"
 )
 
 // The cached read path against a bare sync.Map lookup, measured in the same
@@ -151,10 +153,9 @@ func BenchmarkPreload100At50ms(b *testing.B) {
 // A cached Get against one uncached read with the bare SDK client over
 // loopback HTTPS (challenge done once, connection kept alive).
 func BenchmarkUncachedSDKGetHTTPS(b *testing.B) {
-	kv := &kvSecrets{}
-	kv.add("MyApiKey", "value")
-	v := newHTTPSVault(b, "test.vault.azure.net", kv)
-	c, err := azsecrets.NewClient(v.url, &testCredential{token: v.token}, v.clientOptions())
+	srv := kvtest.NewTestServer(b, nil)
+	srv.Seed(map[string]string{"MyApiKey": "value"})
+	c, err := azsecrets.NewClient(srv.URL(), srv.Credential(), srv.ClientOptions())
 	if err != nil {
 		b.Fatal(err)
 	}

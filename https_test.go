@@ -3,56 +3,68 @@ package kvsecrets
 import (
 	"context"
 	"errors"
-	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+
+	"github.com/kvsecrets/kvsecrets/kvtest"
 )
 
-// These tests run the whole SDK pipeline over real HTTPS on loopback: the
-// challenge handshake, token requests, the SDK's retries, real JSON.
+// These tests run the whole SDK pipeline over real HTTPS on loopback
+// against the local vault: the challenge handshake, token requests, the
+// SDK's retries, real JSON and error bodies.
+
+func newLocalProvider(t *testing.T, o *Options) (*kvtest.Server, *Provider) {
+	t.Helper()
+	srv := kvtest.NewTestServer(t, nil)
+	if o == nil {
+		o = &Options{}
+	}
+	o.ClientOptions = srv.ClientOptions()
+	p, err := NewProvider(srv.URL(), srv.Credential(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return srv, p
+}
 
 func TestHTTPSChallengeTokenAndRetries(t *testing.T) {
-	kv := &kvSecrets{}
-	ver := kv.add("MyApiKey", "https-value")
-	kv.failWith(2, http.StatusServiceUnavailable, "ServiceUnavailable", "", nil)
-	v := newHTTPSVault(t, "test.vault.azure.net", kv)
-	p, cred := v.newProvider(t, nil)
+	srv, p := newLocalProvider(t, nil)
+	ver, err := srv.SetSecret("MyApiKey", "https-value", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.FailNext(1, kvtest.ServiceUnavailable)
+	srv.FailNext(1, kvtest.DropConnection)
 
 	s, err := p.GetSecret(context.Background(), "MyApiKey")
 	if err != nil || s.Value() != "https-value" || s.Version != ver || s.Created.IsZero() {
 		t.Fatalf("GetSecret = %v, %v", s, err)
 	}
-	if n := v.unauthenticated.Load(); n != 1 {
-		t.Fatalf("unauthenticated requests = %d, want the one challenge", n)
+	c := srv.Counts()
+	if c.Unauthenticated != 1 {
+		t.Fatalf("unauthenticated requests = %d, want the one challenge", c.Unauthenticated)
 	}
-	if n := v.authorised.Load(); n != 3 {
-		t.Fatalf("authorised requests = %d, want 3 (two 503s retried by the SDK)", n)
-	}
-	cred.mu.Lock()
-	asked := cred.asked
-	cred.mu.Unlock()
-	if len(asked) == 0 || asked[0].TenantID != testTenant || len(asked[0].Scopes) != 1 || asked[0].Scopes[0] != "https://vault.azure.net/.default" {
-		t.Fatalf("token requests = %+v", asked)
+	if n := srv.SecretRequests("MyApiKey"); n != 3 {
+		t.Fatalf("authorised GETs = %d, want 3 (a 503 and a dropped connection retried by the SDK)", n)
 	}
 	if got := p.Stats().VaultRequests; got != 1 {
 		t.Fatalf("Provider-level vault reads = %d, want 1", got)
 	}
 	mustGet(t, p, "MyApiKey", "https-value")
-	if n := v.authorised.Load(); n != 3 {
+	if srv.SecretRequests("MyApiKey") != 3 {
 		t.Fatal("cached read went to the vault")
 	}
 }
 
 func TestHTTPSInnerCodesMapToSentinels(t *testing.T) {
-	kv := &kvSecrets{}
-	kv.add("Disabled", "x")
-	kv.update("Disabled", func(v *kvVersion) { v.enabled = false })
-	kv.add("Denied", "x")
-	kv.update("Denied", func(v *kvVersion) { v.rbacDeny = true })
-	v := newHTTPSVault(t, "test.vault.azure.net", kv)
-	p, _ := v.newProvider(t, nil)
+	srv, p := newLocalProvider(t, nil)
+	srv.Seed(map[string]string{"Disabled": "x", "Denied": "x", "NoPolicy": "x"})
+	srv.SetEnabled("Disabled", "", false)
+	srv.FailSecret("Denied", kvtest.ForbiddenByRbac)
+	srv.FailSecret("NoPolicy", kvtest.AccessDenied)
 	for _, tc := range []struct {
 		name string
 		want error
@@ -60,6 +72,7 @@ func TestHTTPSInnerCodesMapToSentinels(t *testing.T) {
 	}{
 		{"Disabled", ErrDisabled, `kvsecrets: secret "Disabled": secret disabled (403 Forbidden/SecretDisabled)`},
 		{"Denied", ErrForbidden, `kvsecrets: secret "Denied": access forbidden (403 Forbidden/ForbiddenByRbac)`},
+		{"NoPolicy", ErrForbidden, `kvsecrets: secret "NoPolicy": access forbidden (403 Forbidden/AccessDenied)`},
 		{"Missing", ErrNotFound, `kvsecrets: secret "Missing": secret not found (404 SecretNotFound)`},
 	} {
 		_, err := p.Get(context.Background(), tc.name)
@@ -71,12 +84,10 @@ func TestHTTPSInnerCodesMapToSentinels(t *testing.T) {
 }
 
 func TestHTTPSRevocationDropsTheCachedValue(t *testing.T) {
-	kv := &kvSecrets{}
-	kv.add("K", "value")
-	v := newHTTPSVault(t, "test.vault.azure.net", kv)
-	p, _ := v.newProvider(t, nil)
+	srv, p := newLocalProvider(t, nil)
+	srv.Seed(map[string]string{"K": "value"})
 	mustGet(t, p, "K", "value")
-	kv.update("K", func(v *kvVersion) { v.rbacDeny = true })
+	srv.FailSecret("K", kvtest.ForbiddenByRbac)
 	if _, err := p.Refresh(context.Background(), "K"); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("Refresh = %v", err)
 	}
@@ -89,14 +100,14 @@ func TestHTTPSRevocationDropsTheCachedValue(t *testing.T) {
 }
 
 func TestHTTPSThrottlingKeepsTheValueAndReadsRetryAfter(t *testing.T) {
-	kv := &kvSecrets{}
-	kv.add("K", "value")
-	v := newHTTPSVault(t, "test.vault.azure.net", kv)
-	p, _ := v.newProvider(t, nil)
+	srv, p := newLocalProvider(t, nil)
+	srv.Seed(map[string]string{"K": "value"})
 	mustGet(t, p, "K", "value")
 	// A Retry-After beyond the SDK's MaxRetryDelay means the SDK does not
 	// retry; the Provider must keep serving and wait at least that long.
-	kv.failWith(1, http.StatusTooManyRequests, "Throttled", "", http.Header{"Retry-After": {"120"}})
+	throttled := kvtest.Throttled
+	throttled.RetryAfter = "120"
+	srv.FailNext(1, throttled)
 	_, err := p.Refresh(context.Background(), "K")
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "429 Throttled") {
 		t.Fatalf("Refresh = %v", err)

@@ -2,12 +2,9 @@ package kvsecrets
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,105 +12,76 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+
+	"github.com/kvsecrets/kvsecrets/internal/recordings"
 )
 
 // Replays of real Key Vault traffic. The recordings are served byte for
 // byte (status, headers, body) to the real client over loopback HTTPS,
 // challenge first, and the Provider must read them as the service meant.
 
-type recording struct {
-	Entries []struct {
-		RequestURI      string            `json:"RequestUri"`
-		RequestMethod   string            `json:"RequestMethod"`
-		StatusCode      int               `json:"StatusCode"`
-		ResponseHeaders map[string]string `json:"ResponseHeaders"`
-		ResponseBody    json.RawMessage   `json:"ResponseBody"`
-	} `json:"Entries"`
-}
-
-// replayer answers each request with the next unused recorded entry of the
-// same method and path; requests without a token get the recorded 401.
-type replayer struct {
-	t    testing.TB
-	rec  recording
-	mu   sync.Mutex
-	used map[int]bool
-	host string // the recorded vault host
-}
-
-func loadRecording(t testing.TB, path string) *replayer {
+// replay serves rec: a request without the token gets the recorded 401; any
+// other gets the next unused entry of the same method and path.
+func replay(t *testing.T, rec *recordings.Recording, o *Options) (*httpsVault, *Provider) {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("recording: %v", err)
-	}
-	r := &replayer{t: t, used: map[int]bool{}}
-	if err := json.Unmarshal(b, &r.rec); err != nil {
-		t.Fatalf("recording %s: %v", path, err)
-	}
-	u, err := url.Parse(r.rec.Entries[0].RequestURI)
+	u, err := url.Parse(rec.Entries[0].RequestURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.host = strings.ToLower(u.Host)
-	return r
-}
-
-func (r *replayer) vault(t testing.TB) *httpsVault {
-	v := newHTTPSVault(t, r.host, r)
-	// The replayer does its own authentication: the recorded challenge.
-	v.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Header.Get("Authorization") != "Bearer "+v.token {
-			v.unauthenticated.Add(1)
-			r.answer(w, req, true)
+	var mu sync.Mutex
+	used := map[int]bool{}
+	answer := func(w http.ResponseWriter, req *http.Request, challenge bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		for i, e := range rec.Entries {
+			eu, err := url.Parse(e.RequestURI)
+			if err != nil || used[i] || challenge != (e.StatusCode == http.StatusUnauthorized) {
+				continue
+			}
+			if !challenge {
+				if e.RequestMethod != req.Method || !strings.EqualFold(eu.Path, req.URL.Path) {
+					continue
+				}
+				used[i] = true
+			}
+			for k, v := range e.ResponseHeaders {
+				if k != "Content-Length" {
+					w.Header().Set(k, v)
+				}
+			}
+			w.WriteHeader(e.StatusCode)
+			if len(e.ResponseBody) > 0 && string(e.ResponseBody) != "null" {
+				w.Write(e.ResponseBody)
+			}
 			return
 		}
-		v.authorised.Add(1)
-		r.answer(w, req, false)
-	})
-	return v
-}
-
-func (r *replayer) ServeHTTP(w http.ResponseWriter, req *http.Request) { r.answer(w, req, false) }
-
-func (r *replayer) answer(w http.ResponseWriter, req *http.Request, challenge bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, e := range r.rec.Entries {
-		u, err := url.Parse(e.RequestURI)
-		if err != nil || r.used[i] {
-			continue
-		}
-		if challenge != (e.StatusCode == http.StatusUnauthorized) {
-			continue
-		}
-		if !challenge && (e.RequestMethod != req.Method || !strings.EqualFold(u.Path, req.URL.Path)) {
-			continue
-		}
-		if !challenge {
-			r.used[i] = true
-		}
-		for k, v := range e.ResponseHeaders {
-			if k != "Content-Length" {
-				w.Header().Set(k, v)
-			}
-		}
-		w.WriteHeader(e.StatusCode)
-		if len(e.ResponseBody) > 0 && string(e.ResponseBody) != "null" {
-			w.Write(e.ResponseBody)
-		}
-		return
+		t.Errorf("replay: no recorded answer for %s %s (challenge %v)", req.Method, req.URL.Path, challenge)
+		http.Error(w, "not recorded", http.StatusTeapot)
 	}
-	r.t.Errorf("replay: no recorded answer for %s %s (challenge %v)", req.Method, req.URL.Path, challenge)
-	http.Error(w, "not recorded", http.StatusTeapot)
+	v := newHTTPSVault(t, strings.ToLower(u.Host), answer)
+	return v, v.newProvider(t, o)
 }
 
-const realdata = "../shared/realdata/recordings/"
+func loadRecording(t *testing.T, path string) *recordings.Recording {
+	t.Helper()
+	rec, err := recordings.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func sdkRecording(t *testing.T, name string) *recordings.Recording {
+	t.Helper()
+	dir, err := recordings.SDKDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loadRecording(t, filepath.Join(dir, name))
+}
 
 func TestReplayDisabledSecret(t *testing.T) {
-	r := loadRecording(t, realdata+"recording_cant_get_a_disabled_secret.json")
-	v := r.vault(t)
-	p, _ := v.newProvider(t, nil)
+	v, p := replay(t, loadRecording(t, filepath.Join(recordings.SharedDir(), "recording_cant_get_a_disabled_secret.json")), nil)
 	_, err := p.Get(context.Background(), "CRUDSecretName-cantgetadisabledsecret-")
 	var re *azcore.ResponseError
 	if !errors.Is(err, ErrDisabled) || !errors.As(err, &re) || re.StatusCode != 403 || !strings.Contains(err.Error(), "Forbidden/SecretDisabled") {
@@ -125,35 +93,16 @@ func TestReplayDisabledSecret(t *testing.T) {
 }
 
 func TestReplayMissingSecret(t *testing.T) {
-	r := loadRecording(t, realdata+"recording_can_get_a_secret_non_existing.json")
-	p, _ := r.vault(t).newProvider(t, nil)
+	_, p := replay(t, loadRecording(t, filepath.Join(recordings.SharedDir(), "recording_can_get_a_secret_non_existing.json")), nil)
 	_, err := p.Get(context.Background(), "CRUDSecretName-cangetasecretNonExisting-")
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "404 SecretNotFound") {
 		t.Fatalf("err = %v, want ErrNotFound", err)
 	}
 }
 
-// sdkRecordings returns the folder of recordings that azsecrets v0.12.0
-// ships, recorded against a real vault (host fakevault.local).
-func sdkRecordings(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "mod", "download", "-json",
-		"github.com/Azure/azure-sdk-for-go/sdk/keyvault/azsecrets@v0.12.0").Output()
-	if err != nil {
-		t.Fatalf("go mod download of the azsecrets v0.12.0 recordings: %v (needs the Go module proxy or cache)", err)
-	}
-	var m struct{ Dir string }
-	if err := json.Unmarshal(out, &m); err != nil || m.Dir == "" {
-		t.Fatalf("go mod download: %s", out)
-	}
-	return filepath.Join(m.Dir, "testdata", "recordings")
-}
-
 func TestReplaySDKRecordingNotYetValidSecret(t *testing.T) {
-	dir := sdkRecordings(t)
 	for _, enforce := range []bool{false, true} {
-		r := loadRecording(t, filepath.Join(dir, "TestCRUD.json"))
-		p, _ := r.vault(t).newProvider(t, &Options{EnforceValidity: enforce})
+		_, p := replay(t, sdkRecording(t, "TestCRUD.json"), &Options{EnforceValidity: enforce})
 		s, err := p.GetSecret(context.Background(), "secret518723441")
 		if enforce {
 			if !errors.Is(err, ErrNotYetValid) {
@@ -173,8 +122,7 @@ func TestReplaySDKRecordingNotYetValidSecret(t *testing.T) {
 
 func TestReplaySDKRecordingRecoveredSecret(t *testing.T) {
 	// TestRecover reads a deleted secret (404) and, after recovery, again (200).
-	r := loadRecording(t, filepath.Join(sdkRecordings(t), "TestRecover.json"))
-	p, _ := r.vault(t).newProvider(t, &Options{NegativeTTL: time.Hour})
+	_, p := replay(t, sdkRecording(t, "TestRecover.json"), &Options{NegativeTTL: time.Hour})
 	if _, err := p.Get(context.Background(), "secret422508987"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("first read = %v, want ErrNotFound", err)
 	}
