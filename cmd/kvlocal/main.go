@@ -1,0 +1,166 @@
+// Command kvlocal runs a local Azure Key Vault (secrets only) on loopback
+// HTTPS, for manual trials and for clients in other languages.
+//
+//	kvlocal -port 8443 -seed MyApiKey=s3cret -seed-file secrets.json
+//
+// It writes its CA certificate to a file (-ca-out), prints the vault URL,
+// the certificate path and a bearer token it accepts, and runs until
+// SIGINT or SIGTERM. Clients must trust the certificate and turn off
+// challenge resource verification, since 127.0.0.1 is not under
+// vault.azure.net: in Go, azsecrets.ClientOptions.DisableChallengeResourceVerification;
+// in JavaScript, disableChallengeResourceVerification with
+// NODE_EXTRA_CA_CERTS pointing at the certificate.
+//
+// A seed file is a JSON object of name → value, or name → {"value",
+// "contentType", "tags", "enabled", "notBefore", "expires"} with times in
+// RFC 3339.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kvsecrets/kvsecrets/kvtest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "kvlocal:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+type seedFlag map[string]string
+
+func (s seedFlag) String() string { return strconv.Itoa(len(s)) + " secrets" }
+func (s seedFlag) Set(v string) error {
+	name, value, ok := strings.Cut(v, "=")
+	if !ok || name == "" {
+		return errors.New("want NAME=VALUE")
+	}
+	s[name] = value
+	return nil
+}
+
+// seedEntry is one secret of a seed file.
+type seedEntry struct {
+	Value       string            `json:"value"`
+	ContentType string            `json:"contentType"`
+	Tags        map[string]string `json:"tags"`
+	Enabled     *bool             `json:"enabled"`
+	NotBefore   time.Time         `json:"notBefore"`
+	Expires     time.Time         `json:"expires"`
+}
+
+func (e *seedEntry) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		*e = seedEntry{Value: s}
+		return nil
+	}
+	type plain seedEntry
+	return json.Unmarshal(b, (*plain)(e))
+}
+
+// run starts the vault, prints how to reach it, and serves until ctx ends.
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("kvlocal", flag.ContinueOnError)
+	fs.SetOutput(out)
+	port := fs.Int("port", 8443, "TCP port on 127.0.0.1 (0 picks a free one)")
+	name := fs.String("vault-name", "kvlocal", "vault name, shown in the challenge's certificate and ids")
+	caOut := fs.String("ca-out", "kvlocal-ca.pem", "file to write the CA certificate to")
+	token := fs.String("token", "", "bearer token to accept (default: a random one, printed)")
+	tokenTTL := fs.Duration("token-ttl", 24*time.Hour, "how long the printed token is accepted")
+	seedFile := fs.String("seed-file", "", "JSON file of secrets to seed")
+	seeds := seedFlag{}
+	fs.Var(seeds, "seed", "NAME=VALUE secret to seed (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *port < 0 || *port > 65535 {
+		return fmt.Errorf("-port %d out of range", *port)
+	}
+	entries := map[string]seedEntry{}
+	if *seedFile != "" {
+		b, err := os.ReadFile(*seedFile)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &entries); err != nil {
+			return fmt.Errorf("-seed-file %s: %w", *seedFile, err)
+		}
+	}
+	for n, v := range seeds {
+		entries[n] = seedEntry{Value: v}
+	}
+
+	srv, err := kvtest.NewServer(&kvtest.Options{VaultName: *name, Addr: "127.0.0.1:" + strconv.Itoa(*port), TokenLifetime: *tokenTTL})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	names := make([]string, 0, len(entries))
+	for n := range entries {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		e := entries[n]
+		o := &kvtest.SecretOptions{ContentType: e.ContentType, Tags: e.Tags, NotBefore: e.NotBefore, Expires: e.Expires,
+			Disabled: e.Enabled != nil && !*e.Enabled}
+		if _, err := srv.SetSecret(n, e.Value, o); err != nil {
+			return fmt.Errorf("seeding %q: %w", n, err)
+		}
+	}
+
+	ca, err := filepath.Abs(*caOut)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(ca, srv.CACertPEM(), 0o644); err != nil {
+		return err
+	}
+	tok := *token
+	if tok == "" {
+		tok, _ = srv.IssueToken()
+	}
+	srv.AddToken(tok, time.Now().Add(*tokenTTL))
+
+	url := srv.LoopbackURL()
+	fmt.Fprintf(out, "kvlocal: a local Key Vault is listening\n")
+	fmt.Fprintf(out, "  URL:      %s\n", url)
+	fmt.Fprintf(out, "  CA cert:  %s\n", ca)
+	fmt.Fprintf(out, "  Token:    %s (valid %v; send it as \"Authorization: Bearer <token>\")\n", tok, *tokenTTL)
+	fmt.Fprintf(out, "  Secrets:  %s\n", strings.Join(names, ", "))
+	fmt.Fprintf(out, "Clients must trust the CA cert and disable challenge resource verification.\n")
+	fmt.Fprintf(out, "Try: curl --cacert %s -H \"Authorization: Bearer %s\" \"%ssecrets/NAME/?api-version=2025-07-01\"\n", ca, tok, url)
+	fmt.Fprintf(out, "Node: NODE_EXTRA_CA_CERTS=%s; new SecretClient(%q, {getToken: async () => ({token: %q, expiresOnTimestamp: Date.now() + 3600e3})}, {disableChallengeResourceVerification: true})\n", ca, url, tok)
+	if f, ok := out.(interface{ Sync() error }); ok {
+		f.Sync()
+	}
+
+	<-ctx.Done()
+	fmt.Fprintln(out, "kvlocal: shutting down")
+	return nil
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+)
+
+type staticToken string
+
+func (s staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: string(s), ExpiresOn: time.Now().Add(time.Hour)}, nil
+}
+
+// TestKvlocalProcess builds and runs the real binary: it seeds from a flag
+// and a file, prints URL, certificate and token, serves the Go SDK, and
+// exits 0 on SIGTERM.
+func TestKvlocalProcess(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "kvlocal")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	seed := filepath.Join(dir, "seed.json")
+	os.WriteFile(seed, []byte(`{"FromFile": "file-value", "Rich": {"value": "r", "contentType": "text/plain", "expires": "2030-01-01T00:00:00Z", "tags": {"a": "b"}}, "Off": {"value": "x", "enabled": false}}`), 0o644)
+	ca := filepath.Join(dir, "ca.pem")
+	cmd := exec.Command(bin, "-port", "0", "-seed", "MyApiKey=flag-value", "-seed-file", seed, "-ca-out", ca, "-token", "fixed-token")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	sc := bufio.NewScanner(stdout)
+	var url string
+	for sc.Scan() {
+		if m := regexp.MustCompile(`URL:\s+(\S+)`).FindStringSubmatch(sc.Text()); m != nil {
+			url = m[1]
+		}
+		if regexp.MustCompile(`^Node:`).MatchString(sc.Text()) {
+			break
+		}
+	}
+	if url == "" {
+		t.Fatal("no URL printed")
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	c, err := azsecrets.NewClient(url, staticToken("fixed-token"), &azsecrets.ClientOptions{
+		ClientOptions:                        azcore.ClientOptions{Transport: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}},
+		DisableChallengeResourceVerification: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for name, want := range map[string]string{"MyApiKey": "flag-value", "FromFile": "file-value", "Rich": "r"} {
+		got, err := c.GetSecret(ctx, name, "", nil)
+		if err != nil || *got.Value != want {
+			t.Fatalf("GetSecret(%s) = %v, %v", name, got.Value, err)
+		}
+		if name == "Rich" && (got.Attributes.Expires.Year() != 2030 || *got.ContentType != "text/plain" || *got.Tags["a"] != "b") {
+			t.Fatalf("Rich = %+v", got)
+		}
+	}
+	if _, err := c.GetSecret(ctx, "Off", "", nil); err == nil {
+		t.Fatal("a disabled seed was served")
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() {
+		for sc.Scan() {
+		}
+		done <- cmd.Wait()
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("kvlocal did not exit on SIGTERM")
+	}
+}
+
+func TestKvlocalRefusesBadFlags(t *testing.T) {
+	for _, args := range [][]string{{"-port", "70000"}, {"-seed", "novalue"}, {"extra"}, {"-seed-file", "/nonexistent.json"}, {"-vault-name", "x"}} {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := run(ctx, args, discard{}); err == nil {
+			t.Errorf("run(%q) succeeded", args)
+		}
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(b []byte) (int, error) { return len(b), nil }
