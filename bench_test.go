@@ -166,3 +166,21 @@ func BenchmarkUncachedSDKGetHTTPS(b *testing.B) {
 		}
 	}
 }
+
+// A cached Verify of the latest key, beside the cached Get.
+func BenchmarkCachedVerify(b *testing.B) {
+	v := newFakeVault()
+	v.set("ApiKey", "k-0123456789abcdef0123456789abcdef")
+	p := v.newProvider(b, nil)
+	ctx := context.Background()
+	if _, err := p.Verify(ctx, "ApiKey", "k-0123456789abcdef0123456789abcdef"); err != nil {
+		b.Fatal(err)
+	}
+	presented := "k-0123456789abcdef0123456789abcdef"
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.Verify(ctx, "ApiKey", presented); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

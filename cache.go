@@ -25,6 +25,11 @@ type state struct {
 	validity bool      // Options.EnforceValidity and the secret has nbf or exp
 	fetched  time.Time // when the value was last read successfully
 
+	// For a Verify key set: the versions a presented key may match, the
+	// latest first, and the error a mismatch returns (made once).
+	accepted []Secret
+	mismatch *SecretError
+
 	err      *SecretError // without a value: the last answer, if any
 	errUntil time.Time    // err is remembered until then (zero: not remembered)
 
@@ -34,8 +39,12 @@ type state struct {
 // emptyState is the state of an entry that has never been read.
 var emptyState = &state{}
 
-func valueState(s Secret, fetched time.Time, seq uint64, enforceValidity bool) *state {
-	st := &state{secret: s, hasValue: true, fetched: fetched, seq: seq}
+func valueState(f fetched, at time.Time, seq uint64, enforceValidity bool) *state {
+	s := f.sec
+	st := &state{secret: s, hasValue: true, fetched: at, seq: seq, accepted: f.accepted}
+	if f.accepted != nil {
+		st.mismatch = &SecretError{Name: s.Name, Kind: ErrMismatch}
+	}
 	st.validity = enforceValidity && (!s.NotBefore.IsZero() || !s.Expires.IsZero())
 	st.ready = !st.validity
 	return st
@@ -83,19 +92,36 @@ type flight struct {
 	err  *SecretError // the read's own failure, nil on success
 }
 
-// entry is one cached secret: the latest version of a name, or a pinned
-// version. Entries are never removed while the Provider is open, so a
-// pointer found in the index stays valid.
+// entryKind tells what an entry caches.
+type entryKind uint8
+
+const (
+	kindLatest   entryKind = iota // the latest version of a name, refreshed in the background
+	kindPinned                    // one version, re-validated on use
+	kindVerifier                  // the key set Verify accepts, refreshed in the background
+)
+
+// fetched is what one read of the vault returns for an entry.
+type fetched struct {
+	sec      Secret
+	accepted []Secret // kindVerifier only
+}
+
+// entry is one cached secret: the latest version of a name, a pinned
+// version, or a Verify key set. Entries are never removed while the
+// Provider is open, so a pointer found in the index stays valid.
 type entry struct {
 	state atomic.Pointer[state]
 
+	kind    entryKind
 	name    string // the name as first asked for; sent to the vault
 	canon   string // lower-case name, the identity of the entry
-	version string // "" for the latest; the pinned version otherwise
+	version string // the pinned version; "" otherwise
 
 	// versions holds the pinned-version entries of a latest entry,
-	// copy-on-write under mu.
+	// copy-on-write under mu; verifier its Verify key set, once used.
 	versions atomic.Pointer[map[string]*entry]
+	verifier atomic.Pointer[entry]
 
 	mu          sync.Mutex // guards the fields below; never held across I/O or callbacks
 	flights     [numFlights]*flight
@@ -106,14 +132,28 @@ type entry struct {
 	pending     []RotationEvent // OnRotate calls not yet made, in order
 	draining    bool            // a goroutine is making the pending calls
 	aliases     int             // other spellings of the name in the index
+	eventAt     time.Time       // when an Event Grid event last started a refresh
+	eventLater  bool            // a refresh for events folded since eventAt is scheduled
 
 	schedGen uint64 // guarded by scheduler.mu: only the newest schedule counts
 }
 
-func newEntry(name, canon, version string) *entry {
-	e := &entry{name: name, canon: canon, version: version}
+func newEntry(kind entryKind, name, canon, version string) *entry {
+	e := &entry{kind: kind, name: name, canon: canon, version: version}
 	e.state.Store(emptyState)
 	return e
+}
+
+// keySet returns the Verify key set entry of a latest entry, creating it.
+func (e *entry) keySet() (ve *entry, created bool) {
+	if ve := e.verifier.Load(); ve != nil {
+		return ve, false
+	}
+	ve = newEntry(kindVerifier, e.name, e.canon, "")
+	if e.verifier.CompareAndSwap(nil, ve) {
+		return ve, true
+	}
+	return e.verifier.Load(), false
 }
 
 // pinned returns the entry for a pinned version of e, creating it.
@@ -135,7 +175,7 @@ func (e *entry) pinned(version string) (pe *entry, created bool) {
 	if old != nil {
 		m = maps.Clone(*old)
 	}
-	pe = newEntry(e.name, e.canon, version)
+	pe = newEntry(kindPinned, e.name, e.canon, version)
 	m[version] = pe
 	e.versions.Store(&m)
 	return pe, true

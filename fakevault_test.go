@@ -34,6 +34,10 @@ type fakeVault struct {
 	log      []fvRequest
 	inflight atomic.Int64
 	peak     atomic.Int64
+
+	writes     int // SetSecret calls
+	failWrites int // when non-zero, SetSecret answers this status
+	listCalls  int // versions pager calls
 }
 
 type fvRequest struct {
@@ -79,6 +83,17 @@ func (v *fakeVault) set(name, value string, opts ...func(*fvVersion)) string {
 
 func withExp(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.exp = t } }
 func withNbf(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.nbf = t } }
+
+// disable disables a version of name.
+func (v *fakeVault) disable(name, version string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, x := range v.secrets[strings.ToLower(name)].versions {
+		if x.id == version {
+			x.enabled = false
+		}
+	}
+}
 
 func (v *fakeVault) delete(name string) {
 	v.mu.Lock()
@@ -176,9 +191,75 @@ func (v *fakeVault) getSecret(ctx context.Context, name, version string, _ *azse
 		errResp.SetResponseError(http.StatusForbidden, "Forbidden")
 		return
 	}
+	resp.SetResponse(http.StatusOK, azsecrets.GetSecretResponse{Secret: v.sdkSecret(s, ver)}, nil)
+	return
+}
+
+func (v *fakeVault) setSecret(_ context.Context, name string, params azsecrets.SetSecretParameters, _ *azsecrets.SetSecretOptions) (resp azfake.Responder[azsecrets.SetSecretResponse], errResp azfake.ErrorResponder) {
+	v.mu.Lock()
+	v.writes++
+	fail := v.failWrites
+	v.mu.Unlock()
+	if fail != 0 {
+		errResp.SetResponseError(fail, "Forbidden")
+		return
+	}
+	opts := []func(*fvVersion){}
+	if a := params.SecretAttributes; a != nil {
+		if a.Expires != nil {
+			opts = append(opts, withExp(*a.Expires))
+		}
+		if a.NotBefore != nil {
+			opts = append(opts, withNbf(*a.NotBefore))
+		}
+	}
+	id := v.set(name, *params.Value, opts...)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := v.secrets[strings.ToLower(name)]
+	ver := s.versions[len(s.versions)-1]
+	if params.ContentType != nil {
+		ver.contentType = *params.ContentType
+	}
+	resp.SetResponse(http.StatusOK, azsecrets.SetSecretResponse{Secret: v.sdkSecret(s, ver)}, nil)
+	_ = id
+	return
+}
+
+func (v *fakeVault) listVersions(name string, _ *azsecrets.ListSecretPropertiesVersionsOptions) (resp azfake.PagerResponder[azsecrets.ListSecretPropertiesVersionsResponse]) {
+	v.requests.Add(1)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.listCalls++
+	if v.fail != nil {
+		if status, code := v.fail(name); status != 0 {
+			resp.AddResponseError(status, code)
+			return
+		}
+	}
+	s := v.secrets[strings.ToLower(name)]
+	if s == nil {
+		resp.AddResponseError(http.StatusNotFound, "SecretNotFound")
+		return
+	}
+	// Two to a page, oldest first, to exercise paging and the sort.
+	var page []*azsecrets.SecretProperties
+	for i, ver := range s.versions {
+		sec := v.sdkSecret(s, ver)
+		page = append(page, &azsecrets.SecretProperties{ID: sec.ID, Attributes: sec.Attributes})
+		if len(page) == 2 || i == len(s.versions)-1 {
+			resp.AddPage(http.StatusOK, azsecrets.ListSecretPropertiesVersionsResponse{
+				SecretPropertiesListResult: azsecrets.SecretPropertiesListResult{Value: page}}, nil)
+			page = nil
+		}
+	}
+	return
+}
+
+func (v *fakeVault) sdkSecret(s *fvSecret, ver *fvVersion) azsecrets.Secret {
 	id := azsecrets.ID(fakeVaultURL + "secrets/" + s.name + "/" + ver.id)
 	out := azsecrets.Secret{ID: &id, Value: to.Ptr(ver.value), Attributes: &azsecrets.SecretAttributes{
-		Enabled: to.Ptr(true), Created: to.Ptr(ver.created), Updated: to.Ptr(ver.created)}}
+		Enabled: to.Ptr(ver.enabled), Created: to.Ptr(ver.created), Updated: to.Ptr(ver.created)}}
 	if !ver.nbf.IsZero() {
 		out.Attributes.NotBefore = to.Ptr(ver.nbf)
 	}
@@ -194,13 +275,12 @@ func (v *fakeVault) getSecret(ctx context.Context, name, version string, _ *azse
 			out.Tags[k] = to.Ptr(val)
 		}
 	}
-	resp.SetResponse(http.StatusOK, azsecrets.GetSecretResponse{Secret: out}, nil)
-	return
+	return out
 }
 
 // clientOptions wires the fake vault into an azsecrets client.
 func (v *fakeVault) clientOptions() *azsecrets.ClientOptions {
-	srv := &fake.Server{GetSecret: v.getSecret}
+	srv := &fake.Server{GetSecret: v.getSecret, SetSecret: v.setSecret, NewListSecretPropertiesVersionsPager: v.listVersions}
 	return &azsecrets.ClientOptions{ClientOptions: policyOptions(fake.NewServerTransport(srv))}
 }
 

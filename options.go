@@ -23,6 +23,9 @@ const (
 	DefaultFetchTimeout       = 30 * time.Second
 	DefaultPreloadConcurrency = 16
 	DefaultRefreshConcurrency = 4
+	DefaultVerifyOverlap      = 24 * time.Hour
+	DefaultVerifyPrevious     = 2
+	DefaultRotateValidity     = 180 * 24 * time.Hour
 )
 
 // Options configures a [Provider]. A nil *Options means all defaults, and
@@ -104,6 +107,15 @@ type Options struct {
 	// Default 4.
 	RefreshConcurrency int
 
+	// VerifyOverlap is how long after a rotation Verify still accepts the
+	// replaced version. Default 24h; set a nanosecond to accept only the
+	// latest version.
+	VerifyOverlap time.Duration
+
+	// VerifyPrevious bounds how many replaced versions Verify accepts during
+	// the overlap. Default 2.
+	VerifyPrevious int
+
 	// OnRotate is called once each time a cached secret is seen with a new
 	// version (not on its first load). It runs outside every lock, on a
 	// background goroutine or in the caller of Refresh; calls for one secret
@@ -134,6 +146,8 @@ type config struct {
 	fetchTimeout       time.Duration
 	preloadConcurrency int
 	refreshConcurrency int
+	verifyOverlap      time.Duration
+	verifyPrevious     int
 	onRotate           func(RotationEvent)
 	logger             *slog.Logger
 }
@@ -180,6 +194,8 @@ func newConfig(o *Options) (config, error) {
 		fetchTimeout:       dur("FetchTimeout", o.FetchTimeout, DefaultFetchTimeout),
 		preloadConcurrency: count("PreloadConcurrency", o.PreloadConcurrency, DefaultPreloadConcurrency),
 		refreshConcurrency: count("RefreshConcurrency", o.RefreshConcurrency, DefaultRefreshConcurrency),
+		verifyOverlap:      dur("VerifyOverlap", o.VerifyOverlap, DefaultVerifyOverlap),
+		verifyPrevious:     count("VerifyPrevious", o.VerifyPrevious, DefaultVerifyPrevious),
 		onRotate:           o.OnRotate,
 		logger:             o.Logger,
 	}

@@ -3,6 +3,7 @@ package kvsecrets
 import (
 	"container/heap"
 	"context"
+	cryptorand "crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,14 +54,14 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int, seq uint64) {
 		p.refreshes.Add(1)
 	}
 	start := time.Now()
-	sec, fetchErr := p.fetch(e)
-	st, serr, after := p.apply(e, seq, sec, fetchErr)
+	got, fetchErr := p.fetch(e)
+	st, serr, after := p.apply(e, seq, got, fetchErr, false)
 	if log := p.cfg.logger; log.Enabled(p.ctx, slog.LevelDebug) {
 		attrs := []slog.Attr{slog.String("secret", e.name), slog.Duration("took", time.Since(start))}
 		if serr != nil {
 			attrs = append(attrs, slog.Any("error", serr))
 		} else {
-			attrs = append(attrs, slog.String("version", sec.Version))
+			attrs = append(attrs, slog.String("version", got.sec.Version))
 		}
 		log.LogAttrs(p.ctx, slog.LevelDebug, "kvsecrets: read secret", attrs...)
 	}
@@ -76,7 +77,7 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int, seq uint64) {
 }
 
 // fetch reads e from the vault. It never holds a lock.
-func (p *Provider) fetch(e *entry) (sec Secret, err error) {
+func (p *Provider) fetch(e *entry) (got fetched, err error) {
 	ctx, cancel := context.WithTimeoutCause(p.ctx, p.cfg.fetchTimeout, errFetchTimeout)
 	defer cancel()
 	defer func() {
@@ -88,15 +89,27 @@ func (p *Provider) fetch(e *entry) (sec Secret, err error) {
 			err = errors.New("kvsecrets: internal error while reading the secret")
 		}
 	}()
-	p.vaultRequests.Add(1)
-	resp, err := p.client.GetSecret(ctx, e.name, e.version, nil)
-	if err != nil {
-		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+	if e.kind == kindVerifier {
+		got, err = p.fetchKeySet(ctx, e)
+	} else {
+		got.sec, err = p.getSecret(ctx, e, e.version)
+	}
+	if err != nil && ctx.Err() != nil {
+		if cause := context.Cause(ctx); cause != nil {
 			err = errors.Join(cause, err)
 		}
+	}
+	return got, err
+}
+
+// getSecret reads one version ("" for the latest) of e's secret.
+func (p *Provider) getSecret(ctx context.Context, e *entry, version string) (Secret, error) {
+	p.vaultRequests.Add(1)
+	resp, err := p.client.GetSecret(ctx, e.name, version, nil)
+	if err != nil {
 		return Secret{}, err
 	}
-	return fromSDK(e, resp.Secret)
+	return fromSDK(e.name, version, resp.Secret)
 }
 
 // closedChan is the done channel of flights that finished before they began.
@@ -113,14 +126,14 @@ var errNoValue = errors.New("kvsecrets: the vault's answer has no value")
 var errDisabledAnswer = errors.New("kvsecrets: the vault's answer marks the secret disabled")
 
 // fromSDK converts the SDK's secret, taking name and version from its id.
-func fromSDK(e *entry, s azsecrets.Secret) (Secret, error) {
+func fromSDK(name, version string, s azsecrets.Secret) (Secret, error) {
 	if s.Attributes != nil && s.Attributes.Enabled != nil && !*s.Attributes.Enabled {
 		return Secret{}, errDisabledAnswer
 	}
 	if s.Value == nil {
 		return Secret{}, errNoValue
 	}
-	out := Secret{Name: e.name, Version: e.version, value: redacted(*s.Value)}
+	out := Secret{Name: name, Version: version, value: redacted(*s.Value)}
 	if s.ID != nil {
 		if name, version, ok := parseSecretID(string(*s.ID)); ok {
 			out.Name, out.Version = name, version
@@ -167,7 +180,10 @@ func parseSecretID(id string) (name, version string, ok bool) {
 // apply records the outcome of fetch seq in e and decides what happens next:
 // the next refresh, a retry, dropping the value. It returns the entry's
 // state, the read's own failure, and work to do outside the lock (logs).
-func (p *Provider) apply(e *entry, seq uint64, sec Secret, fetchErr error) (*state, *SecretError, []func()) {
+// rotated forces an OnRotate call for a new version even if none was known
+// before (Rotate wrote it).
+func (p *Provider) apply(e *entry, seq uint64, got fetched, fetchErr error, rotated bool) (*state, *SecretError, []func()) {
+	sec := got.sec
 	now := time.Now()
 	log := p.cfg.logger
 	var after []func()
@@ -189,12 +205,12 @@ func (p *Provider) apply(e *entry, seq uint64, sec Secret, fetchErr error) (*sta
 		// A newer read has already answered; this one is out of date.
 		return prev, serr, nil
 	}
-	latest := e.version == ""
+	latest := e.kind != kindPinned // refreshed in the background
 	var next *state
 	switch {
 	case fetchErr == nil:
-		next = valueState(sec, now, seq, p.cfg.enforceValidity)
-		if e.lastVersion != "" && e.lastVersion != sec.Version && latest {
+		next = valueState(got, now, seq, p.cfg.enforceValidity)
+		if e.kind == kindLatest && e.lastVersion != sec.Version && (e.lastVersion != "" || rotated) {
 			p.rotations.Add(1)
 			e.pending = append(e.pending, RotationEvent{
 				Name: sec.Name, OldVersion: e.lastVersion, NewVersion: sec.Version,
@@ -205,13 +221,17 @@ func (p *Provider) apply(e *entry, seq uint64, sec Secret, fetchErr error) (*sta
 				log.Info("kvsecrets: secret rotated", slog.String("secret", sec.Name),
 					slog.String("oldVersion", old), slog.String("newVersion", sec.Version))
 			})
+			if ve := e.verifier.Load(); ve != nil {
+				// Verify must accept the new key at once.
+				after = append(after, func() { p.startFlight(ve, flightForced, nil) })
+			}
 		}
 		e.lastVersion = sec.Version
 		e.failures = 0
 		if latest {
 			p.scheduleAt(e, p.nextRefresh(now, sec.Expires))
 		}
-		if exp := sec.Expires; !exp.IsZero() && e.warned != sec.Version && now.Add(p.cfg.expiryWarning).After(exp) {
+		if exp := sec.Expires; e.kind != kindVerifier && !exp.IsZero() && e.warned != sec.Version && now.Add(p.cfg.expiryWarning).After(exp) {
 			e.warned = sec.Version
 			msg := "kvsecrets: secret expires soon; rotate it"
 			if !now.Before(exp) {
@@ -491,4 +511,123 @@ func (p *Provider) runScheduler() {
 		}
 		timer.Stop()
 	}
+}
+
+// RotateOptions are the optional settings of [Provider.Rotate].
+type RotateOptions struct {
+	// Validity sets the new version's expiry (exp) to now + Validity.
+	// Default 180 days, the example Key Vault's guidance gives.
+	Validity time.Duration
+	// NotBefore sets the new version's nbf; zero for none.
+	NotBefore time.Time
+	// ContentType is stored with the new version (at most 255 characters).
+	ContentType string
+	// Tags are stored with the new version.
+	Tags map[string]string
+}
+
+// maxValueBytes is Key Vault's limit on a secret value.
+const maxValueBytes = 25 * 1024
+
+// Rotate writes value as a new version of the named secret, with an expiry
+// (RotateOptions.Validity, default 180 days from now), and makes it the
+// cached value at once: Get returns it, Verify accepts it (and, during the
+// overlap, the version it replaces), and Options.OnRotate fires. The write
+// runs on ctx. Writing needs the "Key Vault Secrets Officer" role; a 403
+// says so. The value never appears in errors or logs.
+func (p *Provider) Rotate(ctx context.Context, name, value string, opts *RotateOptions) (Secret, error) {
+	if p.closed.Load() {
+		return Secret{}, &SecretError{Name: name, Kind: ErrClosed}
+	}
+	if opts == nil {
+		opts = &RotateOptions{}
+	}
+	if err := checkName(name); err != nil {
+		return Secret{}, err
+	}
+	switch {
+	case value == "":
+		return Secret{}, fmt.Errorf("kvsecrets: Rotate %q: the value is empty", name)
+	case len(value) > maxValueBytes:
+		return Secret{}, fmt.Errorf("kvsecrets: Rotate %q: the value is %d bytes; Key Vault's limit is %d", name, len(value), maxValueBytes)
+	case len(opts.ContentType) > 255:
+		return Secret{}, fmt.Errorf("kvsecrets: Rotate %q: ContentType is %d characters; the limit is 255", name, len(opts.ContentType))
+	case opts.Validity < 0:
+		return Secret{}, fmt.Errorf("kvsecrets: Rotate %q: Validity is negative (%v)", name, opts.Validity)
+	}
+	validity := opts.Validity
+	if validity == 0 {
+		validity = DefaultRotateValidity
+	}
+	e, err := p.entryFor(name)
+	if err != nil {
+		return Secret{}, err
+	}
+	exp := time.Now().Add(validity).Truncate(time.Second)
+	params := azsecrets.SetSecretParameters{Value: &value, SecretAttributes: &azsecrets.SecretAttributes{Expires: &exp}}
+	if !opts.NotBefore.IsZero() {
+		nbf := opts.NotBefore
+		params.SecretAttributes.NotBefore = &nbf
+	}
+	if opts.ContentType != "" {
+		ct := opts.ContentType
+		params.ContentType = &ct
+	}
+	if len(opts.Tags) > 0 {
+		params.Tags = make(map[string]*string, len(opts.Tags))
+		for k, v := range opts.Tags {
+			params.Tags[k] = &v
+		}
+	}
+	p.writes.Add(1)
+	resp, err := p.client.SetSecret(ctx, e.name, params, nil)
+	if err != nil {
+		f := classify(name, "", err)
+		if errors.Is(f.err, ErrForbidden) {
+			f.err.detail += `; writing a new version needs the "Key Vault Secrets Officer" role`
+		}
+		if ctx.Err() != nil {
+			return Secret{}, ctx.Err()
+		}
+		return Secret{}, f.err
+	}
+	sec, err := fromSDK(e.name, "", resp.Secret)
+	if err != nil {
+		return Secret{}, &SecretError{Name: name, Kind: ErrUnavailable, Err: err, detail: "unexpected answer to the write"}
+	}
+	e.mu.Lock()
+	e.seq++
+	seq := e.seq
+	e.mu.Unlock()
+	_, _, after := p.apply(e, seq, fetched{sec: sec}, nil, true)
+	for _, fn := range after {
+		fn()
+	}
+	p.drainRotations(e)
+	return sec.clone(), nil
+}
+
+// apiKeyAlphabet is the URL-safe base64 alphabet: 64 symbols, so that a
+// random byte's low six bits pick one uniformly.
+const apiKeyAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+// GenerateAPIKey returns a random API key of length characters from the
+// URL-safe alphabet A-Z a-z 0-9 '-' '_' (6 bits each), read from
+// crypto/rand; 0 means 43 characters (258 bits). Lengths under 22 (128
+// bits) or over 4096 are refused.
+func GenerateAPIKey(length int) (string, error) {
+	if length == 0 {
+		length = 43
+	}
+	if length < 22 || length > 4096 {
+		return "", fmt.Errorf("kvsecrets: GenerateAPIKey: length %d is outside 22-4096", length)
+	}
+	b := make([]byte, length)
+	if _, err := cryptorand.Read(b); err != nil {
+		return "", fmt.Errorf("kvsecrets: GenerateAPIKey: %w", err)
+	}
+	for i := range b {
+		b[i] = apiKeyAlphabet[b[i]&63]
+	}
+	return string(b), nil
 }

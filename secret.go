@@ -132,5 +132,9 @@ type Stats struct {
 	Rotations       uint64 // new versions seen for cached secrets
 	Revocations     uint64 // cached values dropped because the vault said not found, disabled or forbidden
 	StaleDrops      uint64 // cached values dropped because MaxStale passed without a successful refresh
-	Entries         int    // names and pinned versions known to the Provider
+	Writes          uint64 // new versions written by Rotate
+	EventsReceived  uint64 // Event Grid events delivered to EventGridHandler
+	EventsActedOn   uint64 // events that started (or were folded into) a refresh, or were warned about
+	EventsRejected  uint64 // deliveries refused: authentication, size, method or malformed JSON
+	Entries         int    // names, pinned versions and Verify key sets known to the Provider
 }

@@ -37,7 +37,8 @@ type Provider struct {
 
 	entries                                                         atomic.Int64
 	negativeHits, misses, vaultRequests, refreshes, refreshFailures atomic.Uint64
-	staleServes, rotations, revocations, staleDrops                 atomic.Uint64
+	staleServes, rotations, revocations, staleDrops, writes         atomic.Uint64
+	eventsReceived, eventsActedOn, eventsRejected                   atomic.Uint64
 }
 
 // NewProvider returns a Provider for the vault at vaultURL (such as
@@ -159,7 +160,7 @@ func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, err
 	st := e.state.Load()
 	seen := st // what this caller decides on; see startFlight
 	now := time.Now()
-	if st.hasValue && e.version != "" {
+	if st.hasValue && e.kind == kindPinned {
 		// Pinned versions are not refreshed on a timer: they are
 		// re-validated on use once TTL has passed, and never served past
 		// MaxStale after their last successful read.
@@ -237,7 +238,7 @@ func (p *Provider) entryFor(name string) (*entry, error) {
 	defer p.idx.mu.Unlock()
 	e := p.idx.getLocked(canon)
 	if e == nil {
-		e = newEntry(name, canon, "")
+		e = newEntry(kindLatest, name, canon, "")
 		p.entries.Add(1)
 		p.idx.storeLocked(canon, e)
 	}
@@ -372,6 +373,10 @@ func (p *Provider) Stats() Stats {
 		Rotations:       p.rotations.Load(),
 		Revocations:     p.revocations.Load(),
 		StaleDrops:      p.staleDrops.Load(),
+		Writes:          p.writes.Load(),
+		EventsReceived:  p.eventsReceived.Load(),
+		EventsActedOn:   p.eventsActedOn.Load(),
+		EventsRejected:  p.eventsRejected.Load(),
 		Entries:         int(p.entries.Load()),
 	}
 }
