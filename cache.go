@@ -132,8 +132,7 @@ type entry struct {
 	pending     []RotationEvent // OnRotate calls not yet made, in order
 	draining    bool            // a goroutine is making the pending calls
 	aliases     int             // other spellings of the name in the index
-	eventAt     time.Time       // when an Event Grid event last started a refresh
-	eventLater  bool            // a refresh for events folded since eventAt is scheduled
+	eventAt     time.Time       // when the last event-driven refresh started, or is planned
 
 	schedGen uint64 // guarded by scheduler.mu: only the newest schedule counts
 }

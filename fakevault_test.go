@@ -22,6 +22,7 @@ import (
 // through the SDK's own fake transport (azsecrets/fake), so that tests run
 // the real client and pipeline and, under testing/synctest, on a fake clock.
 type fakeVault struct {
+	url      string // the vault's URL; ids use it
 	mu       sync.Mutex
 	secrets  map[string]*fvSecret // by lower-case name
 	nextVer  int
@@ -60,7 +61,7 @@ type fvVersion struct {
 const fakeVaultURL = "https://fake.vault.azure.net/"
 
 func newFakeVault() *fakeVault {
-	return &fakeVault{secrets: map[string]*fvSecret{}, perName: map[string]int{}}
+	return &fakeVault{url: fakeVaultURL, secrets: map[string]*fvSecret{}, perName: map[string]int{}}
 }
 
 // set adds a new version and returns its id.
@@ -82,6 +83,7 @@ func (v *fakeVault) set(name, value string, opts ...func(*fvVersion)) string {
 }
 
 func withExp(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.exp = t } }
+func withID(id string) func(*fvVersion)     { return func(v *fvVersion) { v.id = id } }
 func withNbf(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.nbf = t } }
 
 // disable disables a version of name.
@@ -257,7 +259,7 @@ func (v *fakeVault) listVersions(name string, _ *azsecrets.ListSecretPropertiesV
 }
 
 func (v *fakeVault) sdkSecret(s *fvSecret, ver *fvVersion) azsecrets.Secret {
-	id := azsecrets.ID(fakeVaultURL + "secrets/" + s.name + "/" + ver.id)
+	id := azsecrets.ID(v.url + "secrets/" + s.name + "/" + ver.id)
 	out := azsecrets.Secret{ID: &id, Value: to.Ptr(ver.value), Attributes: &azsecrets.SecretAttributes{
 		Enabled: to.Ptr(ver.enabled), Created: to.Ptr(ver.created), Updated: to.Ptr(ver.created)}}
 	if !ver.nbf.IsZero() {
@@ -291,7 +293,7 @@ func (v *fakeVault) newProvider(t testing.TB, o *Options) *Provider {
 		o = &Options{}
 	}
 	o.ClientOptions = v.clientOptions()
-	p, err := NewProvider(fakeVaultURL, &azfake.TokenCredential{}, o)
+	p, err := NewProvider(v.url, &azfake.TokenCredential{}, o)
 	if err != nil {
 		t.Fatal(err)
 	}

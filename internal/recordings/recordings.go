@@ -88,3 +88,9 @@ func All() ([]string, error) {
 	sort.Strings(sdk)
 	return append(shared, sdk...), nil
 }
+
+// EventGridDir is shared/realdata/eventgrid: Key Vault events as Event Grid
+// and CloudEvents deliver them, quirks included.
+func EventGridDir() string {
+	return filepath.Join(SharedDir(), "..", "eventgrid")
+}

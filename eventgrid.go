@@ -1,0 +1,360 @@
+package kvsecrets
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Event Grid event types this package understands.
+const (
+	EventSecretNewVersionCreated = "Microsoft.KeyVault.SecretNewVersionCreated"
+	EventSecretNearExpiry        = "Microsoft.KeyVault.SecretNearExpiry"
+	EventSecretExpired           = "Microsoft.KeyVault.SecretExpired"
+	eventSubscriptionValidation  = "Microsoft.EventGrid.SubscriptionValidationEvent"
+)
+
+// maxEventBody is the largest delivery accepted (Event Grid's own limit for
+// a batch is 1 MB).
+const maxEventBody = 1 << 20
+
+// EventGridOptions configure [Provider.EventGridHandler].
+type EventGridOptions struct {
+	// SharedSecret, when set, must be the value of the query parameter
+	// SecretParam of every delivery's URL (Event Grid's "secret in the
+	// endpoint URL"); it is compared in constant time. Subscribe with
+	// https://host/path?key=SECRET.
+	SharedSecret string
+	// SecretParam names that query parameter. Default "key".
+	SecretParam string
+	// Authorize, when set, must return nil for a delivery to be accepted:
+	// for example a check of the Entra ID bearer token Event Grid sends.
+	// With both SharedSecret and Authorize set, both must pass.
+	Authorize func(*http.Request) error
+	// AllowUnauthenticated accepts deliveries with neither check. Without
+	// it, a handler with neither check refuses every delivery. For local
+	// trials only.
+	AllowUnauthenticated bool
+	// CoalesceWindow folds the refreshes that events ask for within this
+	// interval into one per secret, so that a replayed or forged burst
+	// cannot become a burst on the vault. Default 1s.
+	CoalesceWindow time.Duration
+	// OnNearExpiry, when set, is called for SecretNearExpiry events about
+	// this vault's secrets (besides a Warn log). It runs in the request.
+	OnNearExpiry func(ExpiryEvent)
+}
+
+// ExpiryEvent tells EventGridOptions.OnNearExpiry that a secret nears its
+// expiry.
+type ExpiryEvent struct {
+	Name      string    // from the event's Id
+	Version   string    // from the event's Id
+	NotBefore time.Time // the event's NBF; zero if absent
+	Expires   time.Time // the event's EXP; zero if absent
+}
+
+// EventGridHandler returns an http.Handler for an Event Grid webhook
+// subscription to the vault's events, so that a rotation reaches every
+// instance in seconds instead of after a TTL.
+//
+// It answers the subscription validation of both schemas (Event Grid's
+// SubscriptionValidationEvent, CloudEvents' OPTIONS handshake), and
+// accepts deliveries in either schema, single or batched. For this vault's
+// secrets that the Provider caches, SecretNewVersionCreated (of a version
+// other than the cached one) and SecretExpired start a refresh; the event
+// is only a trigger, values always come from the vault. SecretNearExpiry is
+// logged at Warn and passed to OnNearExpiry. Everything else — other
+// vaults, keys and certificates, secrets not cached — is acknowledged and
+// ignored.
+//
+// Deliveries must pass SharedSecret and/or Authorize (else 401); bodies
+// over 1 MiB get 413, malformed JSON 400, methods other than POST and
+// OPTIONS 405, and none of them changes anything. Stats count events
+// received and acted on, and deliveries rejected.
+func (p *Provider) EventGridHandler(opts *EventGridOptions) http.Handler {
+	h := &eventGridHandler{p: p, secretParam: "key", window: time.Second}
+	if opts != nil {
+		h.opts = *opts
+		if opts.SecretParam != "" {
+			h.secretParam = opts.SecretParam
+		}
+		if opts.CoalesceWindow > 0 {
+			h.window = opts.CoalesceWindow
+		}
+	}
+	if h.opts.SharedSecret == "" && h.opts.Authorize == nil && !h.opts.AllowUnauthenticated {
+		p.cfg.logger.Error("kvsecrets: EventGridHandler has neither SharedSecret nor Authorize: every delivery will be refused")
+	}
+	if u, err := url.Parse(p.vaultURL); err == nil {
+		h.vaultHost = strings.ToLower(u.Hostname())
+	}
+	return h
+}
+
+type eventGridHandler struct {
+	p           *Provider
+	opts        EventGridOptions
+	secretParam string
+	window      time.Duration
+	vaultHost   string
+}
+
+func (h *eventGridHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := h.p
+	if r.Method != http.MethodPost && r.Method != http.MethodOptions {
+		p.eventsRejected.Add(1)
+		w.Header().Set("Allow", "POST, OPTIONS")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if !h.authorized(r) {
+		p.eventsRejected.Add(1)
+		p.cfg.logger.Warn("kvsecrets: Event Grid delivery refused: not authorized", slog.String("remote", r.RemoteAddr))
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	if r.Method == http.MethodOptions {
+		// CloudEvents webhook validation (abuse protection).
+		origin := r.Header.Get("WebHook-Request-Origin")
+		if origin == "" {
+			p.eventsRejected.Add(1)
+			http.Error(w, "missing WebHook-Request-Origin", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("WebHook-Allowed-Origin", origin)
+		w.Header().Set("WebHook-Allowed-Rate", "*")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEventBody))
+	if err != nil {
+		p.eventsRejected.Add(1)
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, "delivery larger than 1 MiB", http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "unreadable body", http.StatusBadRequest)
+		return
+	}
+	events, err := parseEvents(body)
+	if err != nil {
+		p.eventsRejected.Add(1)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	for _, ev := range events {
+		if ev.Type == eventSubscriptionValidation {
+			if ev.ValidationCode == "" {
+				p.eventsRejected.Add(1)
+				http.Error(w, "validation event without validationCode", http.StatusBadRequest)
+				return
+			}
+			p.cfg.logger.Info("kvsecrets: Event Grid subscription validated")
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]string{"validationResponse": ev.ValidationCode})
+			return
+		}
+	}
+	for _, ev := range events {
+		p.eventsReceived.Add(1)
+		h.handle(ev)
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (h *eventGridHandler) authorized(r *http.Request) bool {
+	o := &h.opts
+	if o.SharedSecret == "" && o.Authorize == nil {
+		return o.AllowUnauthenticated
+	}
+	if o.SharedSecret != "" {
+		got := r.URL.Query().Get(h.secretParam)
+		if subtle.ConstantTimeCompare([]byte(got), []byte(o.SharedSecret)) != 1 {
+			return false
+		}
+	}
+	if o.Authorize != nil && o.Authorize(r) != nil {
+		return false
+	}
+	return true
+}
+
+// handle acts on one event.
+func (h *eventGridHandler) handle(ev gridEvent) {
+	p := h.p
+	switch ev.Type {
+	case EventSecretNewVersionCreated, EventSecretExpired, EventSecretNearExpiry:
+	default:
+		return
+	}
+	if ev.ObjectType != "" && !strings.EqualFold(ev.ObjectType, "Secret") {
+		return
+	}
+	host, name, version, ok := parseEventID(ev.ID)
+	if !ok || host != h.vaultHost {
+		return // another vault, or not a secret id
+	}
+	if ev.Type == EventSecretNearExpiry {
+		p.eventsActedOn.Add(1)
+		p.cfg.logger.Warn("kvsecrets: Event Grid: secret near expiry; rotate it",
+			slog.String("secret", name), slog.String("version", version), slog.Time("expires", ev.Expires))
+		if h.opts.OnNearExpiry != nil {
+			h.opts.OnNearExpiry(ExpiryEvent{Name: name, Version: version, NotBefore: ev.NotBefore, Expires: ev.Expires})
+		}
+		return
+	}
+	e := p.idx.load(strings.ToLower(name))
+	if e == nil {
+		return // not cached here
+	}
+	e.mu.Lock()
+	known := e.lastVersion
+	e.mu.Unlock()
+	if known == "" {
+		return // never loaded: the next Get reads the vault anyway
+	}
+	if ev.Type == EventSecretNewVersionCreated && version != "" && strings.EqualFold(version, known) {
+		return // already serving it: a replay, or our own rotation
+	}
+	p.eventsActedOn.Add(1)
+	p.cfg.logger.Info("kvsecrets: Event Grid: refreshing secret",
+		slog.String("secret", name), slog.String("event", ev.Type), slog.String("version", version))
+	h.refresh(e)
+}
+
+// refresh starts a refresh of e now, or folds it into one at the end of
+// the coalescing window if one started within it.
+func (h *eventGridHandler) refresh(e *entry) {
+	now := time.Now()
+	e.mu.Lock()
+	switch {
+	case now.Sub(e.eventAt) >= h.window:
+		e.eventAt = now
+		e.mu.Unlock()
+		h.p.startFlight(e, flightForced, nil)
+	case now.Before(e.eventAt):
+		e.mu.Unlock() // a refresh is planned for the window's end: fold into it
+	default:
+		e.eventAt = e.eventAt.Add(h.window)
+		at := e.eventAt
+		e.mu.Unlock()
+		h.p.scheduleAt(e, at)
+	}
+}
+
+// gridEvent is the part of an event, in either schema, that matters here.
+type gridEvent struct {
+	Type           string
+	ID             string // data.Id
+	ObjectType     string
+	NotBefore      time.Time
+	Expires        time.Time
+	ValidationCode string
+}
+
+var errNotJSON = errors.New("malformed JSON: want an event object or an array of events")
+
+// parseEvents reads a delivery in the Event Grid schema or CloudEvents 1.0,
+// single or batched. It tolerates what real payloads hold: keys with stray
+// spaces or other case, NBF and EXP as strings, numbers or null.
+func parseEvents(body []byte) ([]gridEvent, error) {
+	body = bytes.TrimSpace(body)
+	var raws []json.RawMessage
+	switch {
+	case len(body) > 0 && body[0] == '[':
+		if err := json.Unmarshal(body, &raws); err != nil {
+			return nil, errNotJSON
+		}
+	case len(body) > 0 && body[0] == '{':
+		raws = []json.RawMessage{body}
+	default:
+		return nil, errNotJSON
+	}
+	out := make([]gridEvent, 0, len(raws))
+	for _, raw := range raws {
+		env, err := looseObject(raw)
+		if err != nil {
+			return nil, errNotJSON
+		}
+		var ev gridEvent
+		ev.Type = looseString(env["eventtype"])
+		if ev.Type == "" {
+			ev.Type = looseString(env["type"])
+		}
+		if d, ok := env["data"]; ok && len(bytes.TrimSpace(d)) > 0 && bytes.TrimSpace(d)[0] == '{' {
+			data, err := looseObject(d)
+			if err != nil {
+				return nil, errNotJSON
+			}
+			ev.ID = looseString(data["id"])
+			ev.ObjectType = looseString(data["objecttype"])
+			ev.NotBefore = looseUnix(data["nbf"])
+			ev.Expires = looseUnix(data["exp"])
+			ev.ValidationCode = looseString(data["validationcode"])
+		}
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+// looseObject decodes a JSON object with keys trimmed and lower-cased.
+func looseObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, err
+	}
+	out := make(map[string]json.RawMessage, len(m))
+	for k, v := range m {
+		out[strings.ToLower(strings.TrimSpace(k))] = v
+	}
+	return out, nil
+}
+
+// looseString returns a JSON string trimmed, or "" for anything else.
+func looseString(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return ""
+	}
+	return strings.TrimSpace(s)
+}
+
+// looseUnix reads Unix seconds given as a number or a string; zero for
+// null, absent or anything else.
+func looseUnix(raw json.RawMessage) time.Time {
+	s := strings.Trim(strings.TrimSpace(string(raw)), `"`)
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || f <= 0 || f > 1e11 {
+		return time.Time{}
+	}
+	return time.Unix(int64(f), 0).UTC()
+}
+
+// parseEventID splits a secret id https://VAULT/secrets/NAME[/VERSION] into
+// the lower-case host, the name and the version.
+func parseEventID(id string) (host, name, version string, ok bool) {
+	u, err := url.Parse(strings.TrimSpace(id))
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+		return "", "", "", false
+	}
+	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] != "secrets" || checkName(parts[1]) != nil {
+		return "", "", "", false
+	}
+	if len(parts) == 3 {
+		if checkVersion(parts[2]) != nil {
+			return "", "", "", false
+		}
+		version = parts[2]
+	}
+	return strings.ToLower(u.Hostname()), parts[1], version, true
+}

@@ -1,0 +1,284 @@
+package kvsecrets
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/kvsecrets/kvsecrets/internal/recordings"
+)
+
+const sampleVersion = "ee059b2bb5bc48398a53b168c6cdcb10" // the version in the real samples
+
+// sampleVault is a fake vault named like the real samples' vault, with
+// "newsecret" cached by the returned Provider.
+func sampleVault(t *testing.T, o *Options) (*fakeVault, *Provider) {
+	v := newFakeVault()
+	v.url = "https://sample-kv.vault.azure.net/"
+	v.set("newsecret", "old-value")
+	p := v.newProvider(t, o)
+	mustGet(t, p, "newsecret", "old-value")
+	return v, p
+}
+
+func deliver(h http.Handler, method, target string, body []byte, header http.Header) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, target, bytes.NewReader(body))
+	for k, v := range header {
+		r.Header[k] = v
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func samples(t *testing.T) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(recordings.EventGridDir(), "*.json"))
+	if err != nil || len(files) != 5 {
+		t.Fatalf("event samples: %v %v", files, err)
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[filepath.Base(f)] = b
+	}
+	return out
+}
+
+func TestEventGridRealSamplesTriggerARefresh(t *testing.T) {
+	for name, body := range samples(t) {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				v, p := sampleVault(t, nil)
+				v.set("newsecret", "new-value", withID(sampleVersion))
+				h := p.EventGridHandler(&EventGridOptions{SharedSecret: "s3cret"})
+				before := v.requests.Load()
+				w := deliver(h, http.MethodPost, "/events?key=s3cret", body, nil)
+				if w.Code != http.StatusOK {
+					t.Fatalf("status %d: %s", w.Code, w.Body)
+				}
+				synctest.Wait()
+				if v.requests.Load() != before+1 {
+					t.Fatalf("vault reads = %d, want one refresh", v.requests.Load()-before)
+				}
+				mustGet(t, p, "newsecret", "new-value")
+				if st := p.Stats(); st.EventsReceived != 1 || st.EventsActedOn != 1 || st.Rotations != 1 {
+					t.Fatalf("stats = %+v", st)
+				}
+				// The same event again: the version is now cached, nothing to do.
+				deliver(h, http.MethodPost, "/events?key=s3cret", body, nil)
+				synctest.Wait()
+				if v.requests.Load() != before+1 {
+					t.Fatal("a replayed event read the vault")
+				}
+			})
+		})
+	}
+}
+
+func TestEventGridSubscriptionValidation(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, p := sampleVault(t, nil)
+		h := p.EventGridHandler(&EventGridOptions{SharedSecret: "s3cret"})
+		body := []byte(`[{"id":"2d1781af-3a4c-4d7c-bd0c-e34b19da4e66","topic":"/subscriptions/x","subject":"","data":{"validationCode":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6","validationUrl":"https://rp-eastus2.eventgrid.azure.net:553/eventsubscriptions/x/validate?id=512d38b6"},"eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","eventTime":"2018-01-25T22:12:19.4556811Z","metadataVersion":"1","dataVersion":"1"}]`)
+		w := deliver(h, http.MethodPost, "/events?key=s3cret", body, http.Header{"Aeg-Event-Type": {"SubscriptionValidation"}})
+		var got map[string]string
+		json.Unmarshal(w.Body.Bytes(), &got)
+		if w.Code != 200 || got["validationResponse"] != "512d38b6-c7b8-40c8-89fe-f46f9e9622b6" {
+			t.Fatalf("validation: %d %s", w.Code, w.Body)
+		}
+		w = deliver(h, http.MethodOptions, "/events?key=s3cret", nil, http.Header{"Webhook-Request-Origin": {"eventemitter.example.com"}})
+		if w.Code != 200 || w.Header().Get("WebHook-Allowed-Origin") != "eventemitter.example.com" || w.Header().Get("WebHook-Allowed-Rate") == "" {
+			t.Fatalf("CloudEvents handshake: %d %v", w.Code, w.Header())
+		}
+		if w := deliver(h, http.MethodOptions, "/events", nil, http.Header{"Webhook-Request-Origin": {"x"}}); w.Code != 401 {
+			t.Fatalf("unauthenticated handshake: %d", w.Code)
+		}
+	})
+}
+
+func TestEventGridRefusesHostileDeliveries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v, p := sampleVault(t, nil)
+		v.set("newsecret", "new-value")
+		body := samples(t)["rest-api-specs_event-grid-schema_secret_new_version_created.json"]
+		bearer := func(r *http.Request) error {
+			if r.Header.Get("Authorization") != "Bearer good" {
+				return errors.New("bad token")
+			}
+			return nil
+		}
+		h := p.EventGridHandler(&EventGridOptions{SharedSecret: "s3cret", Authorize: bearer})
+		huge := append([]byte(`[{"eventType":"x","data":{"Id":"`), bytes.Repeat([]byte("a"), 2<<20)...)
+		for _, tc := range []struct {
+			method, target string
+			body           []byte
+			header         http.Header
+			want           int
+		}{
+			{"POST", "/e", body, http.Header{"Authorization": {"Bearer good"}}, 401},                               // no shared secret
+			{"POST", "/e?key=wrong", body, http.Header{"Authorization": {"Bearer good"}}, 401},                     // wrong shared secret
+			{"POST", "/e?key=s3cret", body, http.Header{"Authorization": {"Bearer forged"}}, 401},                  // token refused
+			{"POST", "/e?key=s3cret", body, nil, 401},                                                              // no token
+			{"GET", "/e?key=s3cret", nil, http.Header{"Authorization": {"Bearer good"}}, 405},                      // method
+			{"POST", "/e?key=s3cret", huge, http.Header{"Authorization": {"Bearer good"}}, 413},                    // size
+			{"POST", "/e?key=s3cret", []byte(`{"eventType":`), http.Header{"Authorization": {"Bearer good"}}, 400}, // malformed
+			{"POST", "/e?key=s3cret", []byte(`"a string"`), http.Header{"Authorization": {"Bearer good"}}, 400},
+			{"POST", "/e?key=s3cret", []byte(`[1,2]`), http.Header{"Authorization": {"Bearer good"}}, 400},
+		} {
+			if w := deliver(h, tc.method, tc.target, tc.body, tc.header); w.Code != tc.want {
+				t.Errorf("%s %s: %d, want %d", tc.method, tc.target, w.Code, tc.want)
+			}
+		}
+		synctest.Wait()
+		if n := v.count("newsecret"); n != 1 {
+			t.Fatalf("rejected deliveries read the vault: %d reads", n)
+		}
+		mustGet(t, p, "newsecret", "old-value")
+		if st := p.Stats(); st.EventsRejected != 9 || st.EventsReceived != 0 {
+			t.Fatalf("stats = %+v", st)
+		}
+		// No check configured: refused unless explicitly allowed.
+		if w := deliver(p.EventGridHandler(nil), "POST", "/e", body, nil); w.Code != 401 {
+			t.Fatalf("handler without checks: %d", w.Code)
+		}
+		if w := deliver(p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true}), "POST", "/e", body, nil); w.Code != 200 {
+			t.Fatalf("AllowUnauthenticated: %d", w.Code)
+		}
+	})
+}
+
+func TestEventGridIgnoresWhatIsNotOurs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v, p := sampleVault(t, nil)
+		v.set("newsecret", "new-value")
+		h := p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true})
+		ev := func(typ, id, objType string) []byte {
+			return []byte(`{"id":"1","topic":"t","subject":"s","eventType":"` + typ + `","eventTime":"2019-07-25T01:08:33Z","data":{"Id":"` + id +
+				`","VaultName":"v","ObjectType":"` + objType + `","ObjectName":"newsecret","Version":"v","NBF":null,"EXP":null},"dataVersion":"1","metadataVersion":"1"}`)
+		}
+		for _, body := range [][]byte{
+			ev(EventSecretNewVersionCreated, "https://other-kv.vault.azure.net/secrets/newsecret/"+sampleVersion, "Secret"), // other vault
+			ev("Microsoft.KeyVault.KeyNewVersionCreated", "https://sample-kv.vault.azure.net/keys/newsecret/"+sampleVersion, "Key"),
+			ev(EventSecretNewVersionCreated, "https://sample-kv.vault.azure.net/secrets/notcached/"+sampleVersion, "Secret"), // not cached
+			ev(EventSecretNewVersionCreated, "https://sample-kv.vault.azure.net/secrets/bad_name/"+sampleVersion, "Secret"),
+			ev(EventSecretNewVersionCreated, "not a url", "Secret"),
+			ev("Microsoft.Storage.BlobCreated", "https://sample-kv.vault.azure.net/secrets/newsecret/"+sampleVersion, "Secret"),
+		} {
+			if w := deliver(h, "POST", "/e", body, nil); w.Code != 200 {
+				t.Fatalf("status %d for %s", w.Code, body)
+			}
+		}
+		synctest.Wait()
+		if n := v.count("newsecret"); n != 1 {
+			t.Fatalf("ignored events read the vault: %d reads", n)
+		}
+		if st := p.Stats(); st.EventsReceived != 6 || st.EventsActedOn != 0 {
+			t.Fatalf("stats = %+v", st)
+		}
+	})
+}
+
+func TestEventGridBurstIsCoalesced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v, p := sampleVault(t, nil)
+		h := p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true})
+		// Forged events, each naming a different version: each would
+		// otherwise be a read of the vault.
+		start := v.requests.Load()
+		for i := range 200 {
+			body := []byte(`[{"eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{"Id":"https://sample-kv.vault.azure.net/secrets/newsecret/` +
+				strings.Repeat("0", 29) + string(rune('a'+i%26)) + `ff"}}]`)
+			deliver(h, "POST", "/e", body, nil)
+			time.Sleep(10 * time.Millisecond) // 200 events over 2 seconds
+		}
+		synctest.Wait()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		// One read at once, then at most one per second.
+		n := v.requests.Load() - start
+		t.Logf("vault reads for 200 forged events over 2s: %d", n)
+		if n < 2 || n > 4 {
+			t.Fatalf("vault reads for a 2s burst = %d, want 2-4", n)
+		}
+		// Expired events refresh even for the cached version.
+		ver := v.secrets["newsecret"].versions[0].id
+		time.Sleep(2 * time.Second)
+		before := v.requests.Load()
+		deliver(h, "POST", "/e", []byte(`{"type":"Microsoft.KeyVault.SecretExpired","specversion":"1.0","data":{"Id":"https://sample-kv.vault.azure.net/secrets/newsecret/`+ver+`","EXP":1559082102}}`), nil)
+		synctest.Wait()
+		if v.requests.Load() != before+1 {
+			t.Fatal("SecretExpired did not refresh")
+		}
+	})
+}
+
+func TestEventGridNearExpiry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		logs := &logRecorder{}
+		v, p := sampleVault(t, &Options{Logger: slog.New(logs)})
+		var got []ExpiryEvent
+		h := p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true, OnNearExpiry: func(e ExpiryEvent) { got = append(got, e) }})
+		before := v.requests.Load()
+		body := []byte(`{"eventType":"Microsoft.KeyVault.SecretNearExpiry","data":{"Id ":"https://sample-kv.vault.azure.net/secrets/newsecret/` + sampleVersion + `","NBF":"1559081980","EXP":1559082102}}`)
+		if w := deliver(h, "POST", "/e", body, nil); w.Code != 200 {
+			t.Fatal(w.Code)
+		}
+		if len(got) != 1 || got[0].Name != "newsecret" || got[0].Version != sampleVersion || got[0].Expires.Unix() != 1559082102 || got[0].NotBefore.Unix() != 1559081980 {
+			t.Fatalf("OnNearExpiry = %+v", got)
+		}
+		if logs.count(slog.LevelWarn, "near expiry") != 1 || v.requests.Load() != before {
+			t.Fatal("near expiry: want a warning and no vault read")
+		}
+	})
+}
+
+func TestParseEventsQuirks(t *testing.T) {
+	for name, body := range samples(t) {
+		evs, err := parseEvents(body)
+		if err != nil || len(evs) != 1 {
+			t.Fatalf("%s: %v %v", name, evs, err)
+		}
+		ev := evs[0]
+		_, n, ver, ok := parseEventID(ev.ID)
+		if ev.Type != EventSecretNewVersionCreated || !ok || n != "newsecret" || ver != sampleVersion ||
+			ev.NotBefore.Unix() != 1559081980 || ev.Expires.Unix() != 1559082102 || ev.ObjectType != "Secret" {
+			t.Fatalf("%s: %+v", name, ev)
+		}
+	}
+}
+
+func FuzzParseEvents(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join(recordings.EventGridDir(), "*.json"))
+	for _, file := range files {
+		b, _ := os.ReadFile(file)
+		f.Add(b)
+	}
+	f.Add([]byte(`{"type":"Microsoft.KeyVault.SecretExpired","data":{"Id":"https://a.vault.azure.net/secrets/x","EXP":null}}`))
+	f.Add([]byte(`[{"eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","data":{"validationCode":"c"}}]`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		evs, err := parseEvents(body)
+		if err != nil {
+			return
+		}
+		for _, ev := range evs {
+			if host, name, version, ok := parseEventID(ev.ID); ok {
+				if checkName(name) != nil || (version != "" && checkVersion(version) != nil) || host == "" {
+					t.Fatalf("parseEventID accepted %q", ev.ID)
+				}
+			}
+		}
+	})
+}
