@@ -83,7 +83,7 @@ func (v *fakeVault) set(name, value string, opts ...func(*fvVersion)) string {
 }
 
 func withExp(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.exp = t } }
-func withID(id string) func(*fvVersion)     { return func(v *fvVersion) { v.id = id } }
+func withID(id string) func(*fvVersion)    { return func(v *fvVersion) { v.id = id } }
 func withNbf(t time.Time) func(*fvVersion) { return func(v *fvVersion) { v.nbf = t } }
 
 // disable disables a version of name.
