@@ -595,15 +595,32 @@ func (p *Provider) Rotate(ctx context.Context, name, value string, opts *RotateO
 	if err != nil {
 		return Secret{}, &SecretError{Name: name, Kind: ErrUnavailable, Err: err, detail: "unexpected answer to the write"}
 	}
+	ve := e.verifier.Load()
 	e.mu.Lock()
 	e.seq++
 	seq := e.seq
+	if e.lastVersion == "" && ve != nil {
+		// Only Verify has read this secret: its key set knows the version replaced.
+		if vs := ve.state.Load(); vs.hasValue {
+			e.lastVersion = vs.secret.Version
+		}
+	}
 	e.mu.Unlock()
 	_, _, after := p.apply(e, seq, fetched{sec: sec}, nil, true)
 	for _, fn := range after {
 		fn()
 	}
 	p.drainRotations(e)
+	if ve != nil {
+		// Verify must accept the new key when Rotate returns: wait for the
+		// key set's re-read (apply started it).
+		if f, err := p.startFlight(ve, flightForced, nil); err == nil {
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+			}
+		}
+	}
 	return sec.clone(), nil
 }
 
