@@ -23,6 +23,16 @@
 // Options.ExpiryWarning of exp. No caller ever waits on a refresh while a
 // value is cached. When a new version is seen, Options.OnRotate is called.
 //
+// # Rotation
+//
+// [Provider.Rotate] writes a new version with an expiry (180 days by
+// default) and serves it at once; [GenerateAPIKey] makes strong keys.
+// [Provider.Verify] checks a presented key in constant time against the
+// latest version and, for Options.VerifyOverlap after a rotation, the
+// versions it replaced. [Provider.EventGridHandler] serves an Event Grid
+// webhook so that rotations made elsewhere reach every instance in
+// seconds.
+//
 // # Failures
 //
 // Transient failures — network errors, timeouts, 408, 429, 5xx, credential

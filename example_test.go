@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets/fake"
 
 	"github.com/kvsecrets/kvsecrets"
+	"github.com/kvsecrets/kvsecrets/kvtest"
 )
 
 // fakeVault returns client options that answer GetSecret from a map through
@@ -159,4 +161,63 @@ func ExampleProvider_GetVersion() {
 	// Output:
 	// v1 first
 	// true true
+}
+
+func ExampleProvider_Rotate() {
+	vault, err := kvtest.NewServer(nil) // a local Key Vault; in tests, kvtest.NewTestServer(t, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer vault.Close()
+	vault.SetSecret("PartnerApiKey", "old-key-issued-last-year", nil)
+	p, _ := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{ClientOptions: vault.ClientOptions()})
+	defer p.Close()
+	ctx := context.Background()
+
+	newKey, _ := kvsecrets.GenerateAPIKey(0)
+	s, err := p.Rotate(ctx, "PartnerApiKey", newKey, nil) // expires in 180 days
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(int(time.Until(s.Expires).Hours()/24+0.5), "days")
+
+	// Through the overlap (24h by default), both keys are accepted.
+	_, errOld := p.Verify(ctx, "PartnerApiKey", "old-key-issued-last-year")
+	_, errNew := p.Verify(ctx, "PartnerApiKey", newKey)
+	_, errBad := p.Verify(ctx, "PartnerApiKey", "guess")
+	fmt.Println(errOld == nil, errNew == nil, errors.Is(errBad, kvsecrets.ErrMismatch))
+	// Output:
+	// 180 days
+	// true true true
+}
+
+func ExampleProvider_EventGridHandler() {
+	vault, err := kvtest.NewServer(&kvtest.Options{VaultName: "sample-kv"})
+	if err != nil {
+		panic(err)
+	}
+	defer vault.Close()
+	vault.SetSecret("newsecret", "v1", nil)
+	p, _ := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{ClientOptions: vault.ClientOptions()})
+	defer p.Close()
+	p.Get(context.Background(), "newsecret")
+
+	// Serve it at the URL of an Event Grid subscription to the vault's events:
+	// https://your-service/events?key=SHARED-SECRET
+	h := p.EventGridHandler(&kvsecrets.EventGridOptions{SharedSecret: "SHARED-SECRET"})
+
+	vault.SetSecret("newsecret", "v2", nil) // rotated elsewhere
+	event := `{"eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{"Id":"https://sample-kv.vault.azure.net/secrets/newsecret/ee059b2bb5bc48398a53b168c6cdcb10"}}`
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("POST", "/events?key=SHARED-SECRET", strings.NewReader(event)))
+	fmt.Println(w.Code)
+
+	for i := 0; p.Stats().Rotations == 0 && i < 5000; i++ { // the refresh runs in the background
+		time.Sleep(time.Millisecond)
+	}
+	v, _ := p.Get(context.Background(), "newsecret")
+	fmt.Println(v)
+	// Output:
+	// 200
+	// v2
 }
