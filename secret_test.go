@@ -79,6 +79,12 @@ func TestNoValueInLogsOrErrors(t *testing.T) {
 		keep(p.Get(ctx, knownValue)) // a value passed as a name by mistake
 		keep(p.GetVersion(ctx, "K", knownValue))
 		errs = append(errs, p.Preload(ctx, "K", knownValue))
+		keep(p.Verify(ctx, "K", knownValue+"-wrong"))
+		keep(p.Rotate(ctx, knownValue, knownValue, nil)) // name and value swapped by mistake
+		keep(p.Rotate(ctx, "K", knownValue+"-3", nil))
+		v.failWrites = http.StatusForbidden
+		keep(p.Rotate(ctx, "K", knownValue+"-4", nil))
+		v.failWrites = 0
 		v.setFail(func(string) (int, string) { return http.StatusServiceUnavailable, "ServiceUnavailable" })
 		time.Sleep(15 * time.Minute)
 		keep(p.Get(ctx, "K"))
