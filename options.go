@@ -116,6 +116,13 @@ type Options struct {
 	// the overlap. Default 2.
 	VerifyPrevious int
 
+	// AllowedVaultHosts lists hosts (host or host:port, matched exactly)
+	// that references given to Resolve, Load and ResolveEnv may name besides
+	// Key Vault's own DNS suffixes and this Provider's vault: a local vault,
+	// say. Everything else is refused before any request, so that a
+	// reference never sends the application's token to an arbitrary host.
+	AllowedVaultHosts []string
+
 	// OnRotate is called once each time a cached secret is seen with a new
 	// version (not on its first load). It runs outside every lock, on a
 	// background goroutine or in the caller of Refresh; calls for one secret
@@ -148,6 +155,7 @@ type config struct {
 	refreshConcurrency int
 	verifyOverlap      time.Duration
 	verifyPrevious     int
+	allowedHosts       []string
 	onRotate           func(RotationEvent)
 	logger             *slog.Logger
 }
@@ -196,6 +204,7 @@ func newConfig(o *Options) (config, error) {
 		refreshConcurrency: count("RefreshConcurrency", o.RefreshConcurrency, DefaultRefreshConcurrency),
 		verifyOverlap:      dur("VerifyOverlap", o.VerifyOverlap, DefaultVerifyOverlap),
 		verifyPrevious:     count("VerifyPrevious", o.VerifyPrevious, DefaultVerifyPrevious),
+		allowedHosts:       append([]string(nil), o.AllowedVaultHosts...),
 		onRotate:           o.OnRotate,
 		logger:             o.Logger,
 	}

@@ -22,7 +22,11 @@ import (
 type Provider struct {
 	client   *azsecrets.Client
 	vaultURL string
+	host     string // lower-case host[:port] of vaultURL
 	cfg      config
+	cred     azcore.TokenCredential
+	opts     Options              // as given, for the Providers of other vaults
+	others   map[string]*Provider // other vaults' Providers, by host; guarded by mu
 
 	idx   index
 	hits  counter
@@ -64,7 +68,11 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 	if err != nil {
 		return nil, fmt.Errorf("kvsecrets: %w", err)
 	}
-	p := &Provider{client: client, vaultURL: u, cfg: cfg}
+	p := &Provider{client: client, vaultURL: u, cfg: cfg, cred: cred}
+	if opts != nil {
+		p.opts = *opts
+	}
+	p.host = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/"))
 	p.idx.init()
 	p.ctx, p.cancel = context.WithCancelCause(context.Background())
 	p.sched.init()
@@ -389,9 +397,13 @@ func (p *Provider) Close() error {
 	first := !p.closing
 	p.closing = true
 	p.closed.Store(true)
+	others := p.others
 	p.mu.Unlock()
 	if first {
 		p.cancel(errProviderClosed)
+		for _, o := range others {
+			o.Close()
+		}
 	}
 	p.wg.Wait()
 	if first {

@@ -62,23 +62,78 @@ type Options struct {
 	// TenantID appears in the challenge. Default DefaultTenantID.
 	TenantID string
 	// TokenLifetime is how long issued tokens are accepted. Default 1h.
+	// Ignored with Tenant.
 	TokenLifetime time.Duration
+	// Tenant, when set, issues the tokens the server accepts and names the
+	// challenge's tenant, so that several servers (vaults) accept one
+	// credential, as vaults of one Entra ID tenant do. TenantID is then
+	// ignored. Default: a tenant of the server's own.
+	Tenant *Tenant
+}
+
+// Tenant issues bearer tokens, as an Entra ID tenant does; every Server
+// made with it accepts them.
+type Tenant struct {
+	id  string
+	ttl time.Duration
+
+	mu     sync.Mutex
+	tokens map[string]time.Time // token → expiry
+}
+
+// NewTenant returns a tenant with the given id ("" for DefaultTenantID)
+// whose tokens last ttl (0 for an hour).
+func NewTenant(id string, ttl time.Duration) *Tenant {
+	if id == "" {
+		id = DefaultTenantID
+	}
+	if ttl <= 0 {
+		ttl = time.Hour
+	}
+	return &Tenant{id: id, ttl: ttl, tokens: map[string]time.Time{}}
+}
+
+// ID returns the tenant id the challenge names.
+func (t *Tenant) ID() string { return t.id }
+
+// Credential returns a TokenCredential that obtains tokens from the
+// tenant, checking the scope and tenant the challenge asked for, as Entra
+// ID would.
+func (t *Tenant) Credential() azcore.TokenCredential { return credential{t} }
+
+// IssueToken returns a new bearer token accepted until the returned time.
+func (t *Tenant) IssueToken() (string, time.Time) {
+	tok := "kvtest-" + rand.Text()
+	exp := time.Now().Add(t.ttl)
+	t.AddToken(tok, exp)
+	return tok, exp
+}
+
+// AddToken makes the tenant's servers accept token until exp.
+func (t *Tenant) AddToken(token string, exp time.Time) {
+	t.mu.Lock()
+	t.tokens[token] = exp
+	t.mu.Unlock()
+}
+
+func (t *Tenant) valid(token string) bool {
+	t.mu.Lock()
+	exp, ok := t.tokens[token]
+	t.mu.Unlock()
+	return ok && time.Now().Before(exp)
 }
 
 // Server is a local Key Vault. Its methods are safe for concurrent use.
 type Server struct {
-	name     string
-	tenant   string
-	tokenTTL time.Duration
+	name   string
+	tenant *Tenant
 
 	ln      net.Listener
 	httpSrv *http.Server
 	caPEM   []byte
-	pool    *x509.CertPool
 	wg      sync.WaitGroup
 
 	mu     sync.Mutex
-	tokens map[string]time.Time // token → expiry
 	vault  vault
 	faults faults
 	stats  stats
@@ -89,18 +144,15 @@ func NewServer(opts *Options) (*Server, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	s := &Server{name: opts.VaultName, tenant: opts.TenantID, tokenTTL: opts.TokenLifetime}
+	s := &Server{name: opts.VaultName, tenant: opts.Tenant}
 	if s.name == "" {
 		s.name = DefaultVaultName
 	}
 	if !validVaultName(s.name) {
 		return nil, errors.New("kvtest: VaultName must be 3-24 characters of letters, digits and '-'")
 	}
-	if s.tenant == "" {
-		s.tenant = DefaultTenantID
-	}
-	if s.tokenTTL <= 0 {
-		s.tokenTTL = time.Hour
+	if s.tenant == nil {
+		s.tenant = NewTenant(opts.TenantID, opts.TokenLifetime)
 	}
 	addr := opts.Addr
 	if addr == "" {
@@ -118,9 +170,6 @@ func NewServer(opts *Options) (*Server, error) {
 		return nil, err
 	}
 	s.caPEM = caPEM
-	s.pool = x509.NewCertPool()
-	s.pool.AppendCertsFromPEM(caPEM)
-	s.tokens = map[string]time.Time{}
 	s.vault.init()
 	s.stats.perSecret = map[string]int64{}
 
@@ -176,75 +225,81 @@ func (s *Server) LoopbackURL() string { return "https://" + s.Addr() + "/" }
 // CACertPEM returns the PEM certificate clients must trust.
 func (s *Server) CACertPEM() []byte { return append([]byte(nil), s.caPEM...) }
 
-// HTTPClient returns a client that trusts the server and dials it for any host.
-func (s *Server) HTTPClient() *http.Client {
-	addr := s.Addr()
-	return &http.Client{Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: s.pool, MinVersion: tls.VersionTLS12},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
-	}}
-}
+// HTTPClient returns a client that trusts the server and reaches it by its
+// host name.
+func (s *Server) HTTPClient() *http.Client { return httpClientFor(s) }
 
 // ClientOptions returns options for azsecrets.NewClient (or
 // kvsecrets.Options.ClientOptions) whose transport is HTTPClient. The SDK's
 // retry delays are shortened to milliseconds so that tests of failures run
 // fast; the retry count and rules stay the SDK's.
-func (s *Server) ClientOptions() *azsecrets.ClientOptions {
-	return &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{
-		Transport: s.HTTPClient(),
-		Retry:     policy.RetryOptions{RetryDelay: 10 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond},
-	}}
-}
+func (s *Server) ClientOptions() *azsecrets.ClientOptions { return ClientOptionsFor(s) }
 
-// Credential returns a TokenCredential that obtains tokens from the server,
-// checking the scope and tenant the challenge asked for, as Entra ID would.
-func (s *Server) Credential() azcore.TokenCredential { return credential{s} }
+// Credential returns a TokenCredential that obtains tokens from the
+// server's tenant, checking the scope and tenant the challenge asked for,
+// as Entra ID would.
+func (s *Server) Credential() azcore.TokenCredential { return s.tenant.Credential() }
 
-type credential struct{ s *Server }
+// Tenant returns the tenant whose tokens the server accepts.
+func (s *Server) Tenant() *Tenant { return s.tenant }
+
+type credential struct{ t *Tenant }
 
 func (c credential) GetToken(_ context.Context, o policy.TokenRequestOptions) (azcore.AccessToken, error) {
 	if len(o.Scopes) != 1 || o.Scopes[0] != Scope {
 		return azcore.AccessToken{}, fmt.Errorf("kvtest: credential asked for scopes %q, want [%q]", o.Scopes, Scope)
 	}
-	if o.TenantID != "" && o.TenantID != c.s.tenant {
-		return azcore.AccessToken{}, fmt.Errorf("kvtest: credential asked for tenant %q, want %q", o.TenantID, c.s.tenant)
+	if o.TenantID != "" && o.TenantID != c.t.id {
+		return azcore.AccessToken{}, fmt.Errorf("kvtest: credential asked for tenant %q, want %q", o.TenantID, c.t.id)
 	}
-	tok, exp := c.s.IssueToken()
+	tok, exp := c.t.IssueToken()
 	return azcore.AccessToken{Token: tok, ExpiresOn: exp}, nil
 }
 
 // IssueToken returns a new bearer token the server accepts until the
 // returned time, for clients that bring their own credential.
-func (s *Server) IssueToken() (string, time.Time) {
-	tok := "kvtest-" + rand.Text()
-	exp := time.Now().Add(s.tokenTTL)
-	s.mu.Lock()
-	s.tokens[tok] = exp
-	s.mu.Unlock()
-	return tok, exp
-}
+func (s *Server) IssueToken() (string, time.Time) { return s.tenant.IssueToken() }
 
 // AddToken makes the server accept token until exp; cmd/kvlocal uses it for
 // a token fixed by flag.
-func (s *Server) AddToken(token string, exp time.Time) {
-	s.mu.Lock()
-	s.tokens[token] = exp
-	s.mu.Unlock()
-}
+func (s *Server) AddToken(token string, exp time.Time) { s.tenant.AddToken(token, exp) }
 
 func (s *Server) authorised(r *http.Request) bool {
-	h := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok {
-		return false
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && s.tenant.valid(tok)
+}
+
+// ClientOptionsFor returns azsecrets client options that reach each of the
+// servers by its host name (VaultName.vault.azure.net) and trust them all:
+// for code that reads several vaults, such as references across vaults.
+func ClientOptionsFor(servers ...*Server) *azsecrets.ClientOptions {
+	return &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{
+		Transport: httpClientFor(servers...),
+		Retry:     policy.RetryOptions{RetryDelay: 10 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond},
+	}}
+}
+
+// httpClientFor returns a client that trusts the servers and dials each by
+// its host name.
+func httpClientFor(servers ...*Server) *http.Client {
+	pool := x509.NewCertPool()
+	addrs := map[string]string{}
+	for _, s := range servers {
+		pool.AppendCertsFromPEM(s.caPEM)
+		addrs[s.Host()] = s.Addr()
 	}
-	s.mu.Lock()
-	exp, ok := s.tokens[tok]
-	s.mu.Unlock()
-	return ok && time.Now().Before(exp)
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		DialContext: func(ctx context.Context, network, hostport string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(hostport)
+			addr, ok := addrs[strings.ToLower(host)]
+			if !ok {
+				return nil, fmt.Errorf("kvtest: no local vault for host %q", host)
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}}
 }
 
 func validVaultName(n string) bool {

@@ -556,7 +556,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// Key Vault challenges before anything else, reading no body.
 	if !authorised {
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer authorization="https://login.microsoftonline.com/%s", resource="https://vault.azure.net"`, s.tenant))
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer authorization="https://login.microsoftonline.com/%s", resource="https://vault.azure.net"`, s.tenant.id))
 		writeError(rec, &apiError{status: http.StatusUnauthorized, code: "Unauthorized",
 			message: "AKV10000: Request is missing a Bearer or PoP token."})
 		return

@@ -1,0 +1,384 @@
+package kvsecrets
+
+import (
+	"context"
+	"encoding"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// ErrLoadMisuse: Load was given something it cannot fill (not a pointer to
+// a struct, an unsupported field type, an unexported tagged field, a bad
+// tag). It is reported before any request.
+var ErrLoadMisuse = errors.New("kvsecrets: Load misuse")
+
+// Load fills the fields of the struct dst points to that carry a
+// `keyvault` tag, reading every secret in parallel (at most
+// Options.PreloadConcurrency at once) through the cache:
+//
+//	type Config struct {
+//		StripeKey string          `keyvault:"StripeKey"`
+//		TLSKey    []byte          `keyvault:"TlsKey"`
+//		Partner   kvsecrets.Secret `keyvault:"PartnerApiKey"`
+//		Endpoint  *url.URL        `keyvault:"ServiceUrl"`           // any encoding.TextUnmarshaler
+//		DB        DBConfig        `keyvault:"DbConfig,json"`        // a JSON secret
+//		Sentry    string          `keyvault:"SentryDsn,optional"`   // left as is if the secret does not exist
+//		Legacy    string          `keyvault:"@Microsoft.KeyVault(VaultName=old-kv;SecretName=Key)"`
+//		Cache     CacheConfig     // untagged structs and pointers to structs are walked
+//	}
+//
+// A tag holds a secret name or any reference [Provider.Resolve] accepts,
+// then options: "json" decodes the secret as JSON into the field (any
+// type), "optional" leaves the field untouched when the secret does not
+// exist (ErrNotFound; other failures still fail). Field types are string,
+// []byte, Secret, any type whose pointer implements
+// encoding.TextUnmarshaler, and with "json" anything JSON decodes into.
+//
+// Misuse — dst not a non-nil pointer to a struct, an unsupported field
+// type, an unexported tagged field, a bad tag, a reference to a host not
+// allowed — is reported (wrapping ErrLoadMisuse) before any request. Then
+// every secret is read; if any read or decode fails, Load returns one
+// error joining a line per failing field, naming the field and the secret
+// (never a value), and leaves dst unchanged. Values read stay cached.
+func (p *Provider) Load(ctx context.Context, dst any) error {
+	if p.closed.Load() {
+		return fmt.Errorf("kvsecrets: Load: %w", ErrClosed)
+	}
+	fields, err := p.loadPlan(dst)
+	if err != nil {
+		return err
+	}
+	// Read each distinct reference once.
+	type result struct {
+		sec Secret
+		err error
+	}
+	results := map[ref]*result{}
+	for _, f := range fields {
+		results[f.ref] = nil
+	}
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, p.cfg.preloadConcurrency)
+	)
+	for r := range results {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			mu.Lock()
+			results[r] = &result{err: ctx.Err()}
+			mu.Unlock()
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s, err := p.resolve(ctx, r)
+			mu.Lock()
+			results[r] = &result{s, err}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+
+	// Decode everything before touching dst, so that a failure changes nothing.
+	type assignment struct {
+		f   *loadField
+		val reflect.Value
+	}
+	var errs []error
+	var assigns []assignment
+	for i := range fields {
+		f := &fields[i]
+		res := results[f.ref]
+		if res.err != nil {
+			if f.optional && errors.Is(res.err, ErrNotFound) {
+				continue
+			}
+			errs = append(errs, fmt.Errorf("field %s (secret %q): %w", f.path, f.ref.name, res.err))
+			continue
+		}
+		val, err := f.decode(res.sec)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("field %s (secret %q): %w", f.path, f.ref.name, err))
+			continue
+		}
+		assigns = append(assigns, assignment{f, val})
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	root := reflect.ValueOf(dst).Elem()
+	for _, a := range assigns {
+		a.f.target(root).Set(a.val)
+	}
+	return nil
+}
+
+// loadKind is how a field is filled.
+type loadKind uint8
+
+const (
+	loadString loadKind = iota
+	loadBytes
+	loadSecret
+	loadText
+	loadJSON
+)
+
+// loadField is one tagged field to fill.
+type loadField struct {
+	path     string // Config.DB.Password, for errors
+	steps    []int  // field indexes from the root; pointers on the way are followed (and made)
+	typ      reflect.Type
+	kind     loadKind
+	ref      ref
+	optional bool
+}
+
+var (
+	secretType        = reflect.TypeFor[Secret]()
+	textUnmarshalType = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// loadPlan walks dst's type and returns the fields to fill, or every misuse.
+func (p *Provider) loadPlan(dst any) ([]loadField, error) {
+	v := reflect.ValueOf(dst)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return nil, fmt.Errorf("%w: dst must be a non-nil pointer to a struct, got %T", ErrLoadMisuse, dst)
+	}
+	var fields []loadField
+	var errs []error
+	var walk func(t reflect.Type, path string, steps []int, seen map[reflect.Type]bool)
+	walk = func(t reflect.Type, path string, steps []int, seen map[reflect.Type]bool) {
+		if seen[t] {
+			return // a recursive type: do not walk it again
+		}
+		seen[t] = true
+		defer delete(seen, t)
+		for i := range t.NumField() {
+			sf := t.Field(i)
+			fpath := path + "." + sf.Name
+			fsteps := append(append([]int(nil), steps...), i)
+			tag, tagged := sf.Tag.Lookup("keyvault")
+			if !tagged || tag == "-" {
+				ft := sf.Type
+				if ft.Kind() == reflect.Pointer {
+					ft = ft.Elem()
+				}
+				if ft.Kind() == reflect.Struct && ft != secretType && !reflect.PointerTo(ft).Implements(textUnmarshalType) && (sf.IsExported() || sf.Anonymous) && tag != "-" {
+					walk(ft, fpath, fsteps, seen)
+				}
+				continue
+			}
+			if !sf.IsExported() {
+				errs = append(errs, fmt.Errorf("%w: field %s is tagged but unexported", ErrLoadMisuse, fpath))
+				continue
+			}
+			f := loadField{path: fpath, steps: fsteps, typ: sf.Type}
+			if err := p.parseTag(tag, &f); err != nil {
+				errs = append(errs, fmt.Errorf("%w: field %s: %w", ErrLoadMisuse, fpath, err))
+				continue
+			}
+			fields = append(fields, f)
+		}
+	}
+	t := v.Elem().Type()
+	walk(t, t.Name(), nil, map[reflect.Type]bool{})
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return fields, nil
+}
+
+// parseTag reads `keyvault:"REF[,json][,optional]"` into f and checks the
+// field's type.
+func (p *Provider) parseTag(tag string, f *loadField) error {
+	refText, opts, _ := strings.Cut(tag, ",")
+	isJSON := false
+	for o := range strings.SplitSeq(opts, ",") {
+		switch strings.TrimSpace(o) {
+		case "":
+			if opts != "" {
+				return errors.New("empty option in the tag")
+			}
+		case "json":
+			isJSON = true
+		case "optional":
+			f.optional = true
+		default:
+			return errors.New(`unknown tag option; the options are "json" and "optional"`)
+		}
+	}
+	if strings.TrimSpace(refText) == "" {
+		return errors.New("the tag names no secret")
+	}
+	r, err := p.parseRef(refText)
+	if err != nil {
+		return err
+	}
+	f.ref = r
+	t := f.typ
+	switch {
+	case isJSON:
+		f.kind = loadJSON
+	case t == secretType:
+		f.kind = loadSecret
+	case reflect.PointerTo(t).Implements(textUnmarshalType) || (t.Kind() == reflect.Pointer && t.Implements(textUnmarshalType)):
+		f.kind = loadText
+	case t.Kind() == reflect.String:
+		f.kind = loadString
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8:
+		f.kind = loadBytes
+	default:
+		return fmt.Errorf("type %v is not supported: use string, []byte, kvsecrets.Secret, an encoding.TextUnmarshaler, or the json option", t)
+	}
+	return nil
+}
+
+// decode turns a secret into a value of the field's type. Errors never
+// quote the value: decoders' own messages may, so they are withheld.
+func (f *loadField) decode(s Secret) (reflect.Value, error) {
+	t := f.typ
+	switch f.kind {
+	case loadSecret:
+		return reflect.ValueOf(s.clone()), nil
+	case loadString:
+		return reflect.ValueOf(s.Value()).Convert(t), nil
+	case loadBytes:
+		return reflect.ValueOf([]byte(s.Value())).Convert(t), nil
+	case loadText:
+		if t.Kind() == reflect.Pointer && t.Implements(textUnmarshalType) {
+			v := reflect.New(t.Elem())
+			if err := v.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s.Value())); err != nil {
+				return reflect.Value{}, &withheldError{what: fmt.Sprintf("%v.UnmarshalText failed", t), err: err}
+			}
+			return v, nil
+		}
+		v := reflect.New(t)
+		if err := v.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s.Value())); err != nil {
+			return reflect.Value{}, &withheldError{what: fmt.Sprintf("(*%v).UnmarshalText failed", t), err: err}
+		}
+		return v.Elem(), nil
+	case loadJSON:
+		v := reflect.New(t)
+		if err := json.Unmarshal([]byte(s.Value()), v.Interface()); err != nil {
+			return reflect.Value{}, jsonError(t, err)
+		}
+		return v.Elem(), nil
+	}
+	return reflect.Value{}, errors.New("kvsecrets: internal error: unknown field kind")
+}
+
+// jsonError describes a JSON decoding failure by position and types only.
+func jsonError(t reflect.Type, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return &withheldError{what: fmt.Sprintf("the secret is not valid JSON (at byte %d)", syn.Offset), err: err}
+	case errors.As(err, &typ):
+		where := typ.Field
+		if where == "" {
+			where = "the value"
+		}
+		return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded into %v", typ.Value, where, typ.Type), err: err}
+	}
+	return &withheldError{what: fmt.Sprintf("the secret cannot be decoded as JSON into %v", t), err: err}
+}
+
+// withheldError describes a failure without the cause's message, which may
+// quote the secret's value; the cause is still there for errors.As.
+type withheldError struct {
+	what string
+	err  error
+}
+
+func (e *withheldError) Error() string {
+	return e.what + " (the decoder's message is withheld: it may quote the value)"
+}
+func (e *withheldError) Unwrap() error { return e.err }
+
+// target returns the field's value in root, making nil pointers on the way.
+func (f *loadField) target(root reflect.Value) reflect.Value {
+	v := root
+	for _, i := range f.steps {
+		for v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				v.Set(reflect.New(v.Type().Elem()))
+			}
+			v = v.Elem()
+		}
+		v = v.Field(i)
+	}
+	return v
+}
+
+// ResolveEnv returns env (KEY=VALUE strings, as os.Environ gives) with every
+// value written as an @Microsoft.KeyVault(...) reference replaced by the
+// secret it names, resolved in parallel (at most Options.PreloadConcurrency
+// at once) as [Provider.Resolve] does. Other values, and entries without
+// '=', are returned unchanged. Malformed references and hosts not allowed
+// are reported before any request; on any failure ResolveEnv returns nil and
+// one error joining a line per failing variable, naming it, never a value.
+func (p *Provider) ResolveEnv(ctx context.Context, env []string) ([]string, error) {
+	if p.closed.Load() {
+		return nil, fmt.Errorf("kvsecrets: ResolveEnv: %w", ErrClosed)
+	}
+	refs := map[int]ref{}
+	var errs []error
+	for i, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !isReference(v) {
+			continue
+		}
+		r, err := p.parseRef(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("variable %s: %w", k, err))
+			continue
+		}
+		refs[i] = r
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	out := append([]string(nil), env...)
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, p.cfg.preloadConcurrency)
+	)
+	for i, r := range refs {
+		k, _, _ := strings.Cut(env[i], "=")
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("variable %s: %w", k, ctx.Err()))
+			mu.Unlock()
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s, err := p.resolve(ctx, r)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("variable %s: %w", k, err))
+				return
+			}
+			out[i] = k + "=" + s.Value()
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}

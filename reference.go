@@ -1,0 +1,278 @@
+package kvsecrets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+)
+
+// ErrInvalidReference: a reference does not follow the grammar Resolve
+// accepts. ErrHostNotAllowed: it names a vault host the Provider may not
+// send its token to.
+var (
+	ErrInvalidReference = errors.New("kvsecrets: invalid secret reference")
+	ErrHostNotAllowed   = errors.New("kvsecrets: vault host not allowed")
+)
+
+// vaultSuffixes are Key Vault's DNS suffixes: public, China, US
+// Government and Germany clouds, and Managed HSM.
+var vaultSuffixes = []string{".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net", ".vault.microsoftazure.de", ".managedhsm.azure.net"}
+
+// ref is a parsed reference: a secret in a vault, optionally pinned.
+type ref struct {
+	host    string // lower-case host[:port]; "" for the Provider's own vault
+	name    string
+	version string
+}
+
+const refPrefix = "@Microsoft.KeyVault("
+
+// isReference reports whether s is written as an App Service reference.
+func isReference(s string) bool {
+	return strings.HasPrefix(strings.TrimSpace(s), refPrefix)
+}
+
+// parseRef parses the reference grammar:
+//
+//	NAME
+//	https://VAULT-HOST/secrets/NAME[/VERSION][/]
+//	@Microsoft.KeyVault(SecretUri=https://VAULT-HOST/secrets/NAME[/VERSION][/])
+//	@Microsoft.KeyVault(VaultName=VAULT;SecretName=NAME[;SecretVersion=VERSION])
+//
+// suffix is the DNS suffix VaultName gets (".vault.azure.net" in the public
+// cloud). Errors describe the problem without repeating the reference.
+func parseRef(s, suffix string) (ref, error) {
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
+		return ref{}, fmt.Errorf("%w: it is empty", ErrInvalidReference)
+	case strings.HasPrefix(s, refPrefix):
+		if !strings.HasSuffix(s, ")") {
+			return ref{}, fmt.Errorf("%w: @Microsoft.KeyVault( is not closed by )", ErrInvalidReference)
+		}
+		return parseAppServiceRef(s[len(refPrefix):len(s)-1], suffix)
+	case strings.HasPrefix(strings.ToLower(s), "https://"):
+		return parseSecretURI(s)
+	case strings.Contains(s, "://"):
+		return ref{}, fmt.Errorf("%w: a secret URI must use https", ErrInvalidReference)
+	}
+	if err := checkName(s); err != nil {
+		return ref{}, fmt.Errorf("%w: not a secret name, secret URI or @Microsoft.KeyVault(...) reference (%w)", ErrInvalidReference, err)
+	}
+	return ref{name: s}, nil
+}
+
+func parseAppServiceRef(body, suffix string) (ref, error) {
+	params := map[string]string{}
+	for part := range strings.SplitSeq(body, ";") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue // a trailing ';'
+		}
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			return ref{}, fmt.Errorf("%w: a parameter of @Microsoft.KeyVault(...) has no '='", ErrInvalidReference)
+		}
+		k = strings.ToLower(strings.TrimSpace(k))
+		switch k {
+		case "secreturi", "vaultname", "secretname", "secretversion":
+		default:
+			return ref{}, fmt.Errorf("%w: unknown parameter in @Microsoft.KeyVault(...); want SecretUri, or VaultName, SecretName and SecretVersion", ErrInvalidReference)
+		}
+		if _, dup := params[k]; dup {
+			return ref{}, fmt.Errorf("%w: a parameter of @Microsoft.KeyVault(...) is repeated", ErrInvalidReference)
+		}
+		params[k] = strings.TrimSpace(v)
+	}
+	if uri, ok := params["secreturi"]; ok {
+		if len(params) != 1 {
+			return ref{}, fmt.Errorf("%w: SecretUri cannot be combined with other parameters", ErrInvalidReference)
+		}
+		return parseSecretURI(uri)
+	}
+	vault, name := params["vaultname"], params["secretname"]
+	if vault == "" || name == "" {
+		return ref{}, fmt.Errorf("%w: @Microsoft.KeyVault(...) needs SecretUri, or VaultName and SecretName", ErrInvalidReference)
+	}
+	if !validVaultName(vault) {
+		return ref{}, fmt.Errorf("%w: VaultName must be 3-24 letters, digits and '-'", ErrInvalidReference)
+	}
+	if err := checkName(name); err != nil {
+		return ref{}, fmt.Errorf("%w: SecretName: %w", ErrInvalidReference, err)
+	}
+	r := ref{host: strings.ToLower(vault) + suffix, name: name}
+	if v, ok := params["secretversion"]; ok && v != "" {
+		if err := checkVersion(v); err != nil {
+			return ref{}, fmt.Errorf("%w: SecretVersion: %w", ErrInvalidReference, err)
+		}
+		r.version = v
+	}
+	return r, nil
+}
+
+// parseSecretURI parses https://HOST/secrets/NAME[/VERSION][/].
+func parseSecretURI(s string) (ref, error) {
+	u, err := url.Parse(s)
+	if err != nil || !strings.EqualFold(u.Scheme, "https") || u.Host == "" || u.User != nil || u.Fragment != "" || u.Opaque != "" {
+		return ref{}, fmt.Errorf("%w: not an https secret URI", ErrInvalidReference)
+	}
+	if u.RawQuery != "" {
+		return ref{}, fmt.Errorf("%w: a secret URI takes no query", ErrInvalidReference)
+	}
+	if u.RawPath != "" {
+		return ref{}, fmt.Errorf("%w: a secret URI has no escaped characters", ErrInvalidReference)
+	}
+	path := strings.TrimPrefix(u.Path, "/")
+	path = strings.TrimSuffix(path, "/")
+	parts := strings.Split(path, "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] != "secrets" {
+		return ref{}, fmt.Errorf("%w: a secret URI's path is /secrets/NAME or /secrets/NAME/VERSION", ErrInvalidReference)
+	}
+	if err := checkName(parts[1]); err != nil {
+		return ref{}, fmt.Errorf("%w: %w", ErrInvalidReference, err)
+	}
+	r := ref{host: strings.ToLower(u.Host), name: parts[1]}
+	if len(parts) == 3 {
+		if err := checkVersion(parts[2]); err != nil {
+			return ref{}, fmt.Errorf("%w: %w", ErrInvalidReference, err)
+		}
+		r.version = parts[2]
+	}
+	return r, nil
+}
+
+func validVaultName(n string) bool {
+	if len(n) < 3 || len(n) > 24 {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// hostAllowed reports whether a reference may send the Provider's token to
+// host: a Key Vault DNS name without a port, or a host listed in
+// Options.AllowedVaultHosts exactly.
+func hostAllowed(host string, allowed []string) bool {
+	for _, a := range allowed {
+		if strings.EqualFold(a, host) {
+			return true
+		}
+	}
+	if strings.Contains(host, ":") {
+		return false // ports only for hosts listed explicitly
+	}
+	if net.ParseIP(host) != nil {
+		return false
+	}
+	for _, suf := range vaultSuffixes {
+		if label, ok := strings.CutSuffix(host, suf); ok {
+			return validVaultName(label)
+		}
+	}
+	return false
+}
+
+// vaultSuffixOf returns the Key Vault DNS suffix of host, or the public
+// cloud's when host is not under one.
+func vaultSuffixOf(host string) string {
+	for _, suf := range vaultSuffixes {
+		if strings.HasSuffix(host, suf) {
+			return suf
+		}
+	}
+	return vaultSuffixes[0]
+}
+
+// Resolve returns the value of the secret a reference names:
+//
+//	MyApiKey                                                     a secret of this Provider's vault
+//	https://myvault.vault.azure.net/secrets/MyApiKey[/VERSION]   a secret URI
+//	@Microsoft.KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/MyApiKey/)
+//	@Microsoft.KeyVault(VaultName=myvault;SecretName=MyApiKey;SecretVersion=VERSION)
+//
+// A reference with a version is served as a pinned version (GetVersion);
+// one without, as the latest (Get). References to other vaults are served
+// by Providers made on first use with the same credential and options, and
+// closed with this one. A reference may only name a host under Key Vault's
+// DNS suffixes (public and sovereign clouds, Managed HSM), this Provider's
+// own host, or a host in Options.AllowedVaultHosts: the application's token
+// is never sent anywhere else. VaultName takes the DNS suffix of this
+// Provider's vault (vault.azure.net if it has none). Every error — a
+// malformed reference, a host not allowed — comes before any request and
+// never repeats the reference.
+func (p *Provider) Resolve(ctx context.Context, reference string) (string, error) {
+	s, err := p.ResolveSecret(ctx, reference)
+	if err != nil {
+		return "", err
+	}
+	return s.Value(), nil
+}
+
+// ResolveSecret is [Provider.Resolve] with the secret's metadata.
+func (p *Provider) ResolveSecret(ctx context.Context, reference string) (Secret, error) {
+	r, err := p.parseRef(reference)
+	if err != nil {
+		return Secret{}, err
+	}
+	return p.resolve(ctx, r)
+}
+
+// parseRef parses a reference and checks its host.
+func (p *Provider) parseRef(reference string) (ref, error) {
+	r, err := parseRef(reference, vaultSuffixOf(p.host))
+	if err != nil {
+		return ref{}, err
+	}
+	if r.host == p.host {
+		r.host = ""
+	}
+	if r.host != "" && !hostAllowed(r.host, p.cfg.allowedHosts) {
+		return ref{}, fmt.Errorf("%w: the reference names a host outside Key Vault's DNS suffixes and Options.AllowedVaultHosts", ErrHostNotAllowed)
+	}
+	return r, nil
+}
+
+func (p *Provider) resolve(ctx context.Context, r ref) (Secret, error) {
+	target := p
+	if r.host != "" {
+		var err error
+		if target, err = p.vaultFor(r.host); err != nil {
+			return Secret{}, err
+		}
+	}
+	if r.version != "" {
+		return target.GetVersion(ctx, r.name, r.version)
+	}
+	return target.GetSecret(ctx, r.name)
+}
+
+// vaultFor returns the Provider for another vault host, making it on first
+// use with this Provider's credential and options.
+func (p *Provider) vaultFor(host string) (*Provider, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return nil, &SecretError{Kind: ErrClosed}
+	}
+	if c := p.others[host]; c != nil {
+		return c, nil
+	}
+	opts := p.opts
+	c, err := NewProvider("https://"+host+"/", p.cred, &opts)
+	if err != nil {
+		return nil, err
+	}
+	if p.others == nil {
+		p.others = map[string]*Provider{}
+	}
+	p.others[host] = c
+	return c, nil
+}
