@@ -59,15 +59,19 @@ func (p *Provider) Load(ctx context.Context, dst any) error {
 		err error
 	}
 	results := map[ref]*result{}
+	var refs []ref
 	for _, f := range fields {
-		results[f.ref] = nil
+		if _, ok := results[f.ref]; !ok {
+			results[f.ref] = nil
+			refs = append(refs, f.ref)
+		}
 	}
 	var (
 		mu  sync.Mutex
 		wg  sync.WaitGroup
 		sem = make(chan struct{}, p.cfg.preloadConcurrency)
 	)
-	for r := range results {
+	for _, r := range refs {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
