@@ -276,3 +276,31 @@ func (p *Provider) vaultFor(host string) (*Provider, error) {
 	p.others[host] = c
 	return c, nil
 }
+
+// Reference is a parsed secret reference (see [Provider.Resolve]).
+type Reference struct {
+	VaultURL string // https://HOST/ ; empty for a bare name (the Provider's vault)
+	Name     string
+	Version  string // empty for the latest
+}
+
+// ParseReference parses a reference as Resolve does, without contacting
+// anything and without checking the host against an allow-list (Resolve
+// does that). A VaultName reference gets the public cloud's suffix,
+// vault.azure.net. Errors wrap ErrInvalidReference and never repeat the
+// reference.
+func ParseReference(s string) (Reference, error) {
+	r, err := parseRef(s, vaultSuffixes[0])
+	if err != nil {
+		return Reference{}, err
+	}
+	out := Reference{Name: r.name, Version: r.version}
+	if r.host != "" {
+		out.VaultURL = "https://" + r.host + "/"
+	}
+	return out, nil
+}
+
+// IsReference reports whether a value is written as an App Service
+// reference, @Microsoft.KeyVault(...): the values ResolveEnv replaces.
+func IsReference(value string) bool { return isReference(value) }
