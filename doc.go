@@ -23,6 +23,15 @@
 // Options.ExpiryWarning of exp. No caller ever waits on a refresh while a
 // value is cached. When a new version is seen, Options.OnRotate is called.
 //
+// # Start-up
+//
+// [Provider.Load] fills a config struct from `keyvault:"Name"` tags in
+// parallel, with one error naming every failing field. [Provider.Resolve]
+// accepts secret URIs and App Service references
+// (@Microsoft.KeyVault(...)), across vaults but only to Key Vault hosts
+// and Options.AllowedVaultHosts; [Provider.ResolveEnv] resolves the
+// references in an environment, as cmd/kvenv does for any program.
+//
 // # Rotation
 //
 // [Provider.Rotate] writes a new version with an expiry (180 days by
