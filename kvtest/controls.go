@@ -83,7 +83,7 @@ func (s *Server) ClearFaults() {
 	s.faults.next, s.faults.until, s.faults.perSecret = nil, time.Time{}, nil
 }
 
-// SetLatency delays every authorised answer by d (zero for none).
+// SetLatency delays every answer by d (zero for none), the challenge too.
 func (s *Server) SetLatency(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -153,6 +153,9 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, f Fault) boo
 		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
 			conn.Close()
 			return false
+		}
+		if rec, ok := w.(*recorder); ok {
+			rec.status = -1
 		}
 		panic(http.ErrAbortHandler) // the server closes the connection
 	}

@@ -33,6 +33,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -133,6 +134,8 @@ type Server struct {
 	caPEM   []byte
 	wg      sync.WaitGroup
 
+	inProcess bool // no socket: see NewInProcess
+
 	mu     sync.Mutex
 	vault  vault
 	faults faults
@@ -144,15 +147,9 @@ func NewServer(opts *Options) (*Server, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	s := &Server{name: opts.VaultName, tenant: opts.Tenant}
-	if s.name == "" {
-		s.name = DefaultVaultName
-	}
-	if !validVaultName(s.name) {
-		return nil, errors.New("kvtest: VaultName must be 3-24 characters of letters, digits and '-'")
-	}
-	if s.tenant == nil {
-		s.tenant = NewTenant(opts.TenantID, opts.TokenLifetime)
+	s, err := newVault(opts)
+	if err != nil {
+		return nil, err
 	}
 	addr := opts.Addr
 	if addr == "" {
@@ -170,8 +167,6 @@ func NewServer(opts *Options) (*Server, error) {
 		return nil, err
 	}
 	s.caPEM = caPEM
-	s.vault.init()
-	s.stats.perSecret = map[string]int64{}
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -184,6 +179,42 @@ func NewServer(opts *Options) (*Server, error) {
 		defer s.wg.Done()
 		s.httpSrv.Serve(s.ln)
 	}()
+	return s, nil
+}
+
+func newVault(opts *Options) (*Server, error) {
+	s := &Server{name: opts.VaultName, tenant: opts.Tenant}
+	if s.name == "" {
+		s.name = DefaultVaultName
+	}
+	if !validVaultName(s.name) {
+		return nil, errors.New("kvtest: VaultName must be 3-24 characters of letters, digits and '-'")
+	}
+	if s.tenant == nil {
+		s.tenant = NewTenant(opts.TenantID, opts.TokenLifetime)
+	}
+	s.vault.init()
+	s.stats.perSecret = map[string]int64{}
+	return s, nil
+}
+
+// NewInProcess returns a Server with no socket: its ClientOptions and
+// HTTPClient hand each request straight to its handler, in the caller's
+// goroutine. Everything else — the challenge, tokens, JSON, faults,
+// latency, the throttle — is the same. Because it starts no goroutine and
+// waits only on timers, a Provider can use it inside a testing/synctest
+// bubble, where latency, retries and the throttle's windows run on the
+// fake clock: fleet simulations of hours run in seconds. Addr and
+// LoopbackURL are empty; Options.Addr is ignored.
+func NewInProcess(opts *Options) (*Server, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	s, err := newVault(opts)
+	if err != nil {
+		return nil, err
+	}
+	s.inProcess = true
 	return s, nil
 }
 
@@ -201,7 +232,9 @@ func NewTestServer(t testing.TB, opts *Options) *Server {
 
 // Close shuts the server down, closing every connection.
 func (s *Server) Close() {
-	s.httpSrv.Close()
+	if s.httpSrv != nil {
+		s.httpSrv.Close()
+	}
 	s.wg.Wait()
 }
 
@@ -213,14 +246,25 @@ func (s *Server) Host() string { return s.name + ".vault.azure.net" }
 // whatever the host; the name keeps challenge resource verification on.
 func (s *Server) URL() string { return "https://" + s.Host() + "/" }
 
-// Addr returns the address the server listens on, such as 127.0.0.1:54321.
-func (s *Server) Addr() string { return s.ln.Addr().String() }
+// Addr returns the address the server listens on, such as 127.0.0.1:54321;
+// "" for an in-process server.
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
 
 // LoopbackURL returns https://ADDR/, for clients in other processes that
 // cannot redirect their dialer. Such clients must trust CACertPEM and turn
 // challenge resource verification off (127.0.0.1 is not under
 // vault.azure.net).
-func (s *Server) LoopbackURL() string { return "https://" + s.Addr() + "/" }
+func (s *Server) LoopbackURL() string {
+	if s.ln == nil {
+		return ""
+	}
+	return "https://" + s.Addr() + "/"
+}
 
 // CACertPEM returns the PEM certificate clients must trust.
 func (s *Server) CACertPEM() []byte { return append([]byte(nil), s.caPEM...) }
@@ -274,14 +318,30 @@ func (s *Server) authorised(r *http.Request) bool {
 // for code that reads several vaults, such as references across vaults.
 func ClientOptionsFor(servers ...*Server) *azsecrets.ClientOptions {
 	return &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{
-		Transport: httpClientFor(servers...),
+		Transport: transporterFor(servers...),
 		Retry:     policy.RetryOptions{RetryDelay: 10 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond},
 	}}
+}
+
+// transporterFor returns the transport for ClientOptionsFor: in-process
+// when every server is.
+func transporterFor(servers ...*Server) policy.Transporter {
+	for _, s := range servers {
+		if !s.inProcess {
+			return httpClientFor(servers...)
+		}
+	}
+	return &http.Client{Transport: inProcessTransport(servers)}
 }
 
 // httpClientFor returns a client that trusts the servers and dials each by
 // its host name.
 func httpClientFor(servers ...*Server) *http.Client {
+	for _, s := range servers {
+		if s.inProcess {
+			return &http.Client{Transport: inProcessTransport(servers)}
+		}
+	}
 	pool := x509.NewCertPool()
 	addrs := map[string]string{}
 	for _, s := range servers {
@@ -343,4 +403,45 @@ func newCertificate(host string) (tls.Certificate, []byte, error) {
 	}
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pemBytes, nil
+}
+
+// inProcessTransport serves requests by calling the servers' handlers.
+type inProcessTransport []*Server
+
+// errDropped is what a client sees of a dropped connection in process.
+var errDropped = errors.New("kvtest: connection reset by the local vault (DropConnection)")
+
+func (t inProcessTransport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	var s *Server
+	for _, x := range t {
+		if strings.EqualFold(x.Host(), req.URL.Hostname()) {
+			s = x
+		}
+	}
+	if s == nil {
+		return nil, fmt.Errorf("kvtest: no local vault for host %q", req.URL.Hostname())
+	}
+	r := req.Clone(req.Context())
+	r.Host = req.URL.Host
+	r.RemoteAddr = "in-process"
+	r.RequestURI = req.URL.RequestURI()
+	if r.Body == nil {
+		r.Body = http.NoBody
+	}
+	rec := httptest.NewRecorder()
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			resp, err = nil, errDropped
+		}
+	}()
+	s.ServeHTTP(rec, r)
+	resp = rec.Result()
+	resp.Request = req
+	return resp, nil
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -345,4 +346,53 @@ func TestOptionsValidation(t *testing.T) {
 
 func policyScopes(scope string) policy.TokenRequestOptions {
 	return policy.TokenRequestOptions{Scopes: []string{scope}}
+}
+
+// TestInProcessUnderSynctest runs the real SDK against an in-process vault
+// on a fake clock: latency, the SDK's retry delays and the throttle's
+// window all pass in no real time.
+func TestInProcessUnderSynctest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, err := NewInProcess(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if s.Addr() != "" || s.LoopbackURL() != "" {
+			t.Fatal("an in-process server has an address")
+		}
+		s.Seed(map[string]string{"K": "v"})
+		c := newClient(t, s)
+		ctx := context.Background()
+		s.SetLatency(time.Second)
+		start := time.Now()
+		if got, err := c.GetSecret(ctx, "K", "", nil); err != nil || *got.Value != "v" {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d != 2*time.Second {
+			t.Fatalf("took %v of fake time, want 2s (the challenge and the read)", d)
+		}
+		s.SetLatency(0)
+		s.FailNext(1, DropConnection)
+		s.FailNext(1, ServiceUnavailable)
+		if _, err := c.GetSecret(ctx, "K", "", nil); err != nil {
+			t.Fatalf("after a drop and a 503: %v", err)
+		}
+		s.SetThrottle(2, 10*time.Second)
+		s.ResetCounts()
+		for range 3 {
+			c.GetSecret(ctx, "K", "", nil)
+		}
+		if s.Counts().Throttled == 0 {
+			t.Fatal("no throttling")
+		}
+		time.Sleep(10 * time.Second)
+		if _, err := c.GetSecret(ctx, "K", "", nil); err != nil {
+			t.Fatalf("a new window: %v", err)
+		}
+		log := s.RequestLog()
+		if log[0].Status != http.StatusTooManyRequests && log[len(log)-1].Status != 200 {
+			t.Fatalf("log = %+v", log)
+		}
+	})
 }

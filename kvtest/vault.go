@@ -554,6 +554,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	authorised := s.authorised(r)
 	defer func() { s.logRequest(r, rt, authorised, rec.status) }()
 
+	// Latency is the network's: every request pays it, the challenge too.
+	if d := s.latency(); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
 	// Key Vault challenges before anything else, reading no body.
 	if !authorised {
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer authorization="https://login.microsoftonline.com/%s", resource="https://vault.azure.net"`, s.tenant.id))
@@ -566,15 +576,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rec.status = -1 // dropped
 		}
 		return
-	}
-	if d := s.latency(); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			return
-		}
 	}
 	if r.URL.Query().Get("api-version") == "" {
 		writeError(rec, badParameter("The api-version query parameter (?api-version=) is required for all requests."))
