@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 )
 
@@ -89,10 +91,31 @@ func (p *Provider) fetch(e *entry) (got fetched, err error) {
 			err = errors.New("kvsecrets: internal error while reading the secret")
 		}
 	}()
-	if e.kind == kindVerifier {
-		got, err = p.fetchKeySet(ctx, e)
-	} else {
-		got.sec, err = p.getSecret(ctx, e, e.version)
+	cold := !e.state.Load().hasValue
+	for attempt := 1; ; attempt++ {
+		if e.kind == kindVerifier {
+			got, err = p.fetchKeySet(ctx, e)
+		} else {
+			got.sec, err = p.getSecret(ctx, e, e.version)
+		}
+		// A throttled or unavailable vault is asked again within
+		// FetchTimeout when there is no value to serve meanwhile, after a
+		// jittered, growing pause (1, 2, 4, 8 s…, or the Retry-After), so
+		// that a fleet starting at once spreads its reads over the
+		// throttle's windows instead of failing together. A cached value's
+		// refresh leaves retries to the scheduler.
+		wait, again := p.retryThrottled(err, attempt)
+		if !cold || !again {
+			break
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+			continue
+		case <-ctx.Done():
+			t.Stop()
+		}
+		break
 	}
 	if err != nil && ctx.Err() != nil {
 		if cause := context.Cause(ctx); cause != nil {
@@ -100,6 +123,20 @@ func (p *Provider) fetch(e *entry) (got fetched, err error) {
 		}
 	}
 	return got, err
+}
+
+// retryThrottled reports whether err is a throttling or unavailable answer
+// (429, 503) worth asking again after the returned pause.
+func (p *Provider) retryThrottled(err error, attempt int) (time.Duration, bool) {
+	var re *azcore.ResponseError
+	if err == nil || !errors.As(err, &re) || (re.StatusCode != http.StatusTooManyRequests && re.StatusCode != http.StatusServiceUnavailable) {
+		return 0, false
+	}
+	d := time.Second << min(attempt-1, 5)
+	if !p.cfg.noJitter {
+		d = d/2 + rand.N(d) // 0.5-1.5 of the step
+	}
+	return max(d, min(retryAfter(re.RawResponse), maxRetryAfter)), true
 }
 
 // getSecret reads one version ("" for the latest) of e's secret.

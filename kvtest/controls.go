@@ -2,7 +2,9 @@ package kvtest
 
 import (
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,6 +17,9 @@ type Fault struct {
 	Message    string // error.message
 	RetryAfter string // value of a Retry-After header, if any
 	Drop       bool   // close the connection without answering (Status and the rest are ignored)
+	// ResetMidBody answers 200 with a Content-Length, sends half a body,
+	// and closes the connection.
+	ResetMidBody bool
 }
 
 // Faults as Key Vault sends them.
@@ -32,6 +37,7 @@ var (
 	AccessDenied = Fault{Status: http.StatusForbidden, Code: "Forbidden", InnerCode: "AccessDenied",
 		Message: "The user, group or application does not have secrets get permission on key vault."}
 	DropConnection = Fault{Drop: true}
+	ResetMidBody   = Fault{ResetMidBody: true}
 )
 
 type faults struct {
@@ -158,6 +164,15 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, f Fault) boo
 			rec.status = -1
 		}
 		panic(http.ErrAbortHandler) // the server closes the connection
+	}
+	if f.ResetMidBody {
+		body := `{"value":"this answer is cut short before its end","id":"https://x/secrets/x/0"}`
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, body[:len(body)/2])
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler) // the server closes the connection mid-body
 	}
 	e := &apiError{status: f.Status, code: f.Code, inner: f.InnerCode, message: f.Message}
 	if f.RetryAfter != "" {

@@ -1,0 +1,272 @@
+// Package sim simulates a fleet of services, each with its own kvsecrets
+// Provider, sharing one Key Vault that throttles as Key Vault does (4,000
+// GETs per 10 seconds per vault). The vault is kvtest's in-process vault and
+// the clock is testing/synctest's, so hours of fleet life run in seconds
+// while every request goes through the real SDK pipeline: the challenge,
+// tokens, retries on 429, JSON.
+//
+// Run it with
+//
+//	go test ./sim -run TestFleet -v                # 1,000 instances × 20 secrets
+//	go test ./sim -run TestFleet -v -fleet.n 200   # smaller
+package sim
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvsecrets/kvsecrets"
+	"github.com/kvsecrets/kvsecrets/kvtest"
+)
+
+// Config describes one simulation.
+type Config struct {
+	Instances int           // Providers in the fleet
+	Secrets   int           // secrets each reads
+	TTL       time.Duration // Options.TTL
+	Jitter    bool          // false sets Options.DisableJitter
+	EventGrid bool          // deliver SecretNewVersionCreated to every instance after the rotation
+	Outage    time.Duration // a full vault outage (every request 503) after the rotation phase
+	Limit     int           // throttle: requests per 10 s (4,000 for Key Vault)
+}
+
+// Result is what the simulation measured.
+type Result struct {
+	Config
+	ColdStart       time.Duration // until every instance had every secret
+	ColdErrors      int           // Preload failures seen by the instances during the cold start
+	Converge        time.Duration // from the rotation until every instance served every new version
+	CallerErrors    int           // errors returned to callers of cached secrets (rotation, outage, recovery)
+	OutageErrors    int           // of which during the outage
+	Requests        int64         // requests reaching the vault, challenges included
+	Throttled       int64         // of which answered 429
+	ColdThrottled   int64         // 429s during the cold start
+	RotateThrottled int64         // 429s from the rotation until convergence
+	PeakPer10s      int64         // most requests in any 10-second window
+	SteadyPerSecret float64       // background reads per secret per TTL in quiet hours
+	Elapsed         time.Duration // fake time simulated
+}
+
+// Run simulates cfg. It must run inside a testing/synctest bubble.
+func Run(cfg Config, log io.Writer) (Result, error) {
+	res := Result{Config: cfg}
+	start := time.Now()
+	vault, err := kvtest.NewInProcess(&kvtest.Options{VaultName: "fleet"})
+	if err != nil {
+		return res, err
+	}
+	names := make([]string, cfg.Secrets)
+	for i := range names {
+		names[i] = fmt.Sprintf("secret-%02d", i)
+		if _, err := vault.SetSecret(names[i], "v1", nil); err != nil {
+			return res, err
+		}
+	}
+	vault.SetThrottle(cfg.Limit, 10*time.Second)
+
+	// A monitor samples the vault's counter every second.
+	var perSecond []int64
+	stopMon := make(chan struct{})
+	monDone := make(chan struct{})
+	go func() {
+		defer close(monDone)
+		last := int64(0)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				c := vault.Counts().Total
+				perSecond = append(perSecond, c-last)
+				last = c
+			case <-stopMon:
+				return
+			}
+		}
+	}()
+
+	var rotations atomic.Int64
+	var lastRotation atomic.Int64 // unix nanos of the last OnRotate
+	providers := make([]*kvsecrets.Provider, cfg.Instances)
+	handlers := make([]http.Handler, cfg.Instances)
+	for i := range providers {
+		p, err := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{
+			ClientOptions: vault.ClientOptions(),
+			TTL:           cfg.TTL,
+			DisableJitter: !cfg.Jitter,
+			OnRotate: func(kvsecrets.RotationEvent) {
+				rotations.Add(1)
+				lastRotation.Store(time.Now().UnixNano())
+			},
+		})
+		if err != nil {
+			return res, err
+		}
+		defer p.Close()
+		providers[i] = p
+		handlers[i] = p.EventGridHandler(&kvsecrets.EventGridOptions{AllowUnauthenticated: true})
+	}
+
+	// Phase 1: the whole fleet starts at once. Each instance preloads its
+	// secrets and, as a service's start-up would, tries again every 5 s
+	// until it has them all.
+	var coldErrors atomic.Int64
+	var wg sync.WaitGroup
+	for _, p := range providers {
+		wg.Go(func() {
+			for {
+				err := p.Preload(context.Background(), names...)
+				if err == nil {
+					return
+				}
+				coldErrors.Add(int64(strings.Count(err.Error(), "\n") + 1))
+				time.Sleep(5 * time.Second)
+			}
+		})
+	}
+	wg.Wait()
+	res.ColdStart = time.Since(start)
+	res.ColdErrors = int(coldErrors.Load())
+	res.ColdThrottled = vault.Counts().Throttled
+	fmt.Fprintf(log, "  cold start: %v, %d preload failures\n", res.ColdStart.Round(time.Second), res.ColdErrors)
+
+	// Callers read every secret of every instance every 10 s from here on.
+	var callerErrors, outageErrors atomic.Int64
+	var inOutage atomic.Bool
+	stopCallers := make(chan struct{})
+	callersDone := make(chan struct{})
+	go func() {
+		defer close(callersDone)
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				for _, p := range providers {
+					for _, n := range names {
+						if _, err := p.Get(context.Background(), n); err != nil {
+							callerErrors.Add(1)
+							if inOutage.Load() {
+								outageErrors.Add(1)
+							}
+						}
+					}
+				}
+			case <-stopCallers:
+				return
+			}
+		}
+	}()
+
+	// Phase 2: quiet hours, to measure the steady background read rate.
+	// Six TTLs, so that the fleet's common phase after the cold start
+	// does not bias the rate.
+	time.Sleep(2 * cfg.TTL)
+	before := vault.Counts().Total
+	time.Sleep(6 * cfg.TTL)
+	steady := vault.Counts().Total - before
+	res.SteadyPerSecret = float64(steady) / float64(cfg.Instances*cfg.Secrets) / 6
+	fmt.Fprintf(log, "  steady state: %.2f reads per secret per TTL per instance\n", res.SteadyPerSecret)
+
+	// Phase 3: every secret is rotated; optionally Event Grid tells the fleet.
+	rotatedAt := time.Now()
+	throttledBefore := vault.Counts().Throttled
+	versions := make([]string, len(names))
+	for i, n := range names {
+		if versions[i], err = vault.SetSecret(n, "v2", nil); err != nil {
+			return res, err
+		}
+	}
+	if cfg.EventGrid {
+		time.Sleep(time.Second) // Event Grid's delivery delay
+		for _, h := range handlers {
+			var b strings.Builder
+			b.WriteString("[")
+			for i, n := range names {
+				if i > 0 {
+					b.WriteString(",")
+				}
+				fmt.Fprintf(&b, `{"eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{"Id":"%ssecrets/%s/%s"}}`, vault.URL(), n, versions[i])
+			}
+			b.WriteString("]")
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/events", strings.NewReader(b.String())))
+			if w.Code != http.StatusOK {
+				return res, fmt.Errorf("event delivery: %d %s", w.Code, w.Body)
+			}
+		}
+	}
+	want := int64(cfg.Instances * cfg.Secrets)
+	for rotations.Load() < want && time.Since(rotatedAt) < 2*cfg.TTL {
+		time.Sleep(time.Second)
+	}
+	if rotations.Load() < want {
+		res.Converge = -1
+	} else {
+		res.Converge = time.Unix(0, lastRotation.Load()).Sub(rotatedAt)
+	}
+	res.RotateThrottled = vault.Counts().Throttled - throttledBefore
+	fmt.Fprintf(log, "  rotation: %d of %d instance-secrets converged in %v\n", rotations.Load(), want, res.Converge.Round(time.Second))
+
+	// Phase 4: the vault is down; callers must not notice.
+	if cfg.Outage > 0 {
+		time.Sleep(cfg.TTL)
+		inOutage.Store(true)
+		vault.FailFor(cfg.Outage, kvtest.ServiceUnavailable)
+		time.Sleep(cfg.Outage)
+		inOutage.Store(false)
+		time.Sleep(cfg.TTL) // recovery
+		fmt.Fprintf(log, "  outage of %v: %d caller errors during it\n", cfg.Outage, outageErrors.Load())
+	}
+
+	close(stopCallers)
+	<-callersDone
+	close(stopMon)
+	<-monDone
+	c := vault.Counts()
+	res.Requests, res.Throttled = c.Total, c.Throttled
+	res.CallerErrors, res.OutageErrors = int(callerErrors.Load()), int(outageErrors.Load())
+	var window int64
+	for i, n := range perSecond {
+		window += n
+		if i >= 10 {
+			window -= perSecond[i-10]
+		}
+		res.PeakPer10s = max(res.PeakPer10s, window)
+	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// Table formats results as a Markdown table.
+func Table(results []Result) string {
+	var b strings.Builder
+	b.WriteString("| instances × secrets | jitter | Event Grid | cold start | preload failures | 429s at cold start | peak requests / 10 s | steady reads / secret / TTL | rotation converged in | 429s in rotation | caller errors (in outage) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	sort.SliceStable(results, func(i, j int) bool { return results[i].EventGrid && !results[j].EventGrid })
+	for _, r := range results {
+		conv := r.Converge.Round(time.Second).String()
+		if r.Converge < 0 {
+			conv = "not within 2 TTL"
+		}
+		fmt.Fprintf(&b, "| %d × %d | %v | %v | %v | %d | %d | %d | %.2f | %s | %d | %d (%d) |\n",
+			r.Instances, r.Secrets, yes(r.Jitter), yes(r.EventGrid), r.ColdStart.Round(time.Second), r.ColdErrors,
+			r.ColdThrottled, r.PeakPer10s, r.SteadyPerSecret, conv, r.RotateThrottled, r.CallerErrors, r.OutageErrors)
+	}
+	return b.String()
+}
+
+func yes(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

@@ -1,0 +1,51 @@
+package sim
+
+import (
+	"flag"
+	"os"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+var (
+	fleetN = flag.Int("fleet.n", 1000, "instances in the simulated fleet")
+	fleetM = flag.Int("fleet.m", 20, "secrets per instance")
+)
+
+// TestFleet runs the simulation with and without jitter and Event Grid,
+// and prints the results table (go test ./sim -run TestFleet -v).
+func TestFleet(t *testing.T) {
+	var results []Result
+	for _, c := range []struct{ jitter, eventGrid bool }{{true, false}, {false, false}, {true, true}} {
+		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: c.jitter, EventGrid: c.eventGrid,
+			Outage: 10 * time.Minute, Limit: 4000}
+		synctest.Test(t, func(t *testing.T) {
+			t.Logf("fleet %d × %d, jitter %v, Event Grid %v", cfg.Instances, cfg.Secrets, cfg.Jitter, cfg.EventGrid)
+			r, err := Run(cfg, testWriter{t})
+			if err != nil {
+				t.Fatal(err)
+			}
+			results = append(results, r)
+			// What the library promises whatever the fleet does:
+			if r.OutageErrors != 0 {
+				t.Errorf("callers of cached secrets saw %d errors during the outage", r.OutageErrors)
+			}
+			if r.Converge < 0 {
+				t.Errorf("the fleet did not converge on the rotated versions")
+			}
+		})
+	}
+	table := Table(results)
+	t.Log("\n" + table)
+	if out := os.Getenv("FLEET_TABLE"); out != "" {
+		os.WriteFile(out, []byte(table), 0o644)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(b))
+	return len(b), nil
+}
