@@ -34,7 +34,10 @@ const (
 type Options struct {
 	// ClientOptions is passed to azsecrets.NewClient: transport, retry
 	// policy, API version, logging. Nil means the SDK's defaults (4 tries per
-	// request with exponential backoff).
+	// request with exponential backoff), except that unless
+	// Retry.StatusCodes is set the SDK does not retry 429 itself: the
+	// Provider does, with jitter and longer pauses, so that a fleet does not
+	// multiply its load on a throttled vault.
 	ClientOptions *azsecrets.ClientOptions
 
 	// TTL is how long a value is trusted before it is re-read. Default 1h.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -64,7 +65,7 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 			return nil, fmt.Errorf("kvsecrets: default Azure credential: %w", err)
 		}
 	}
-	client, err := azsecrets.NewClient(u, cred, cfg.clientOptions)
+	client, err := azsecrets.NewClient(u, cred, sdkOptions(cfg.clientOptions))
 	if err != nil {
 		return nil, fmt.Errorf("kvsecrets: %w", err)
 	}
@@ -79,6 +80,28 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 	p.wg.Add(1)
 	go p.runScheduler()
 	return p, nil
+}
+
+// retriedStatusCodes are the statuses the SDK retries by itself: its
+// defaults less 429. A throttled read comes straight back to the Provider,
+// which waits with jitter and a growing pause; the SDK's own quick retries
+// would all fall in the same throttle window and multiply a fleet's load
+// on a throttled vault (see BENCHMARKS.md, the fleet simulation).
+var retriedStatusCodes = []int{http.StatusRequestTimeout, http.StatusInternalServerError, http.StatusBadGateway,
+	http.StatusServiceUnavailable, http.StatusGatewayTimeout}
+
+// sdkOptions returns the client options the Provider gives azsecrets: the
+// caller's, with 429 left to the Provider unless the caller chose the
+// retried status codes. The caller's struct is not modified.
+func sdkOptions(o *azsecrets.ClientOptions) *azsecrets.ClientOptions {
+	c := azsecrets.ClientOptions{}
+	if o != nil {
+		c = *o
+	}
+	if c.Retry.StatusCodes == nil {
+		c.Retry.StatusCodes = retriedStatusCodes
+	}
+	return &c
 }
 
 // checkVaultURL accepts https://host[:port][/] and returns it normalised

@@ -9,7 +9,7 @@ import (
 )
 
 var (
-	fleetN = flag.Int("fleet.n", 1000, "instances in the simulated fleet")
+	fleetN = flag.Int("fleet.n", 100, "instances in the simulated fleet (BENCHMARKS.md uses 1000)")
 	fleetM = flag.Int("fleet.m", 20, "secrets per instance")
 )
 
