@@ -2,7 +2,10 @@ package kvsecrets
 
 import (
 	"context"
+	"fmt"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -183,4 +186,50 @@ func BenchmarkCachedVerify(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkMemoryPer10kSecrets caches 10,000 secrets with 32-byte values
+// and reports the heap each costs, beside a plain map[string]string of the
+// same names and values built in the same run.
+func BenchmarkMemoryPer10kSecrets(b *testing.B) {
+	const n = 10000
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("secret-name-%05d", i)
+	}
+	value := strings.Repeat("v", 32)
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	b.Run("map-baseline", func(b *testing.B) {
+		for b.Loop() {
+			before := heap()
+			m := make(map[string]string)
+			for _, name := range names {
+				m[strings.Clone(name)] = strings.Clone(value)
+			}
+			b.ReportMetric(float64(heap()-before)/n, "bytes/secret")
+			runtime.KeepAlive(m)
+		}
+	})
+	b.Run("provider", func(b *testing.B) {
+		for b.Loop() {
+			v := newFakeVault()
+			for _, name := range names {
+				v.set(name, value)
+			}
+			v.noLog = true
+			before := heap()
+			p := v.newProvider(b, &Options{PreloadConcurrency: 64})
+			if err := p.Preload(context.Background(), names...); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(heap()-before)/n, "bytes/secret")
+			p.Close()
+		}
+	})
 }

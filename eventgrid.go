@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -47,6 +48,13 @@ type EventGridOptions struct {
 	// interval into one per secret, so that a replayed or forged burst
 	// cannot become a burst on the vault. Default 1s.
 	CoalesceWindow time.Duration
+	// Spread delays each event-driven refresh by a random time up to
+	// Spread. A large fleet rotating many secrets at once otherwise sends
+	// every instance's reads in the same second, beyond Key Vault's 4,000
+	// GETs per 10 s (see BENCHMARKS.md); spreading them over about
+	// instances × secrets / 400 seconds avoids the 429s at no cost in
+	// convergence. Default 0: refresh at once.
+	Spread time.Duration
 	// OnNearExpiry, when set, is called for SecretNearExpiry events about
 	// this vault's secrets (besides a Warn log). It runs in the request.
 	OnNearExpiry func(ExpiryEvent)
@@ -235,12 +243,21 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 // the coalescing window if one started within it.
 func (h *eventGridHandler) refresh(e *entry) {
 	now := time.Now()
+	var delay time.Duration
+	if h.opts.Spread > 0 {
+		delay = rand.N(h.opts.Spread)
+	}
 	e.mu.Lock()
 	switch {
-	case now.Sub(e.eventAt) >= h.window:
+	case now.Sub(e.eventAt) >= h.window && delay == 0:
 		e.eventAt = now
 		e.mu.Unlock()
 		h.p.startFlight(e, flightForced, nil)
+	case now.Sub(e.eventAt) >= h.window:
+		e.eventAt = now.Add(delay)
+		at := e.eventAt
+		e.mu.Unlock()
+		h.p.scheduleAt(e, at)
 	case now.Before(e.eventAt):
 		e.mu.Unlock() // a refresh is planned for the window's end: fold into it
 	default:

@@ -282,3 +282,22 @@ func FuzzParseEvents(f *testing.F) {
 		}
 	})
 }
+
+func TestEventGridSpreadDelaysTheRefresh(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v, p := sampleVault(t, nil)
+		v.set("newsecret", "new-value", withID(sampleVersion))
+		h := p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true, Spread: 10 * time.Second})
+		before := v.requests.Load()
+		deliver(h, "POST", "/e", samples(t)["rest-api-specs_secret_new_version_created.json"], nil)
+		deliver(h, "POST", "/e", samples(t)["rest-api-specs_secret_new_version_created.json"], nil) // folded
+		synctest.Wait()
+		mustGet(t, p, "newsecret", "old-value") // not yet
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		mustGet(t, p, "newsecret", "new-value")
+		if n := v.requests.Load() - before; n != 1 {
+			t.Fatalf("vault reads = %d, want 1", n)
+		}
+	})
+}

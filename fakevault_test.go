@@ -36,9 +36,10 @@ type fakeVault struct {
 	inflight atomic.Int64
 	peak     atomic.Int64
 
-	writes     int // SetSecret calls
-	failWrites int // when non-zero, SetSecret answers this status
-	listCalls  int // versions pager calls
+	noLog      bool // keep no request log (memory benchmarks)
+	writes     int  // SetSecret calls
+	failWrites int  // when non-zero, SetSecret answers this status
+	listCalls  int  // versions pager calls
 }
 
 type fvRequest struct {
@@ -138,8 +139,10 @@ func (v *fakeVault) getSecret(ctx context.Context, name, version string, _ *azse
 	}
 	v.requests.Add(1)
 	v.mu.Lock()
-	v.perName[strings.ToLower(name)]++
-	v.log = append(v.log, fvRequest{At: time.Now(), Name: name, Version: version})
+	if !v.noLog {
+		v.perName[strings.ToLower(name)]++
+		v.log = append(v.log, fvRequest{At: time.Now(), Name: name, Version: version})
+	}
 	gate, latency := v.gate, v.latency
 	v.mu.Unlock()
 	if gate != nil {

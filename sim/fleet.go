@@ -17,7 +17,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,6 +33,7 @@ type Config struct {
 	TTL       time.Duration // Options.TTL
 	Jitter    bool          // false sets Options.DisableJitter
 	EventGrid bool          // deliver SecretNewVersionCreated to every instance after the rotation
+	Spread    time.Duration // EventGridOptions.Spread
 	Outage    time.Duration // a full vault outage (every request 503) after the rotation phase
 	Limit     int           // throttle: requests per 10 s (4,000 for Key Vault)
 }
@@ -112,7 +112,7 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 		}
 		defer p.Close()
 		providers[i] = p
-		handlers[i] = p.EventGridHandler(&kvsecrets.EventGridOptions{AllowUnauthenticated: true})
+		handlers[i] = p.EventGridHandler(&kvsecrets.EventGridOptions{AllowUnauthenticated: true, Spread: cfg.Spread})
 	}
 
 	// Phase 1: the whole fleet starts at once. Each instance preloads its
@@ -249,19 +249,25 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 // Table formats results as a Markdown table.
 func Table(results []Result) string {
 	var b strings.Builder
-	b.WriteString("| instances × secrets | jitter | Event Grid | cold start | preload failures | 429s at cold start | peak requests / 10 s | steady reads / secret / TTL | rotation converged in | 429s in rotation | caller errors (in outage) |\n")
+	b.WriteString("| instances × secrets | jitter | Event Grid (spread) | cold start | preload failures | 429s at cold start | peak requests / 10 s | steady reads / secret / TTL | rotation converged in | 429s in rotation | caller errors (in outage) |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
-	sort.SliceStable(results, func(i, j int) bool { return results[i].EventGrid && !results[j].EventGrid })
 	for _, r := range results {
 		conv := r.Converge.Round(time.Second).String()
 		if r.Converge < 0 {
 			conv = "not within 2 TTL"
 		}
 		fmt.Fprintf(&b, "| %d × %d | %v | %v | %v | %d | %d | %d | %.2f | %s | %d | %d (%d) |\n",
-			r.Instances, r.Secrets, yes(r.Jitter), yes(r.EventGrid), r.ColdStart.Round(time.Second), r.ColdErrors,
+			r.Instances, r.Secrets, yes(r.Jitter), eg(r), r.ColdStart.Round(time.Second), r.ColdErrors,
 			r.ColdThrottled, r.PeakPer10s, r.SteadyPerSecret, conv, r.RotateThrottled, r.CallerErrors, r.OutageErrors)
 	}
 	return b.String()
+}
+
+func eg(r Result) string {
+	if !r.EventGrid {
+		return "no"
+	}
+	return fmt.Sprintf("yes (%v)", r.Spread)
 }
 
 func yes(b bool) string {

@@ -17,9 +17,13 @@ var (
 // and prints the results table (go test ./sim -run TestFleet -v).
 func TestFleet(t *testing.T) {
 	var results []Result
-	for _, c := range []struct{ jitter, eventGrid bool }{{true, false}, {false, false}, {true, true}} {
+	spread := time.Duration(*fleetN**fleetM/400) * time.Second // the throttle's capacity
+	for _, c := range []struct {
+		jitter, eventGrid bool
+		spread            time.Duration
+	}{{true, false, 0}, {false, false, 0}, {true, true, 0}, {true, true, spread}} {
 		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: c.jitter, EventGrid: c.eventGrid,
-			Outage: 10 * time.Minute, Limit: 4000}
+			Spread: c.spread, Outage: 10 * time.Minute, Limit: 4000}
 		synctest.Test(t, func(t *testing.T) {
 			t.Logf("fleet %d × %d, jitter %v, Event Grid %v", cfg.Instances, cfg.Secrets, cfg.Jitter, cfg.EventGrid)
 			r, err := Run(cfg, testWriter{t})
