@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -85,6 +87,22 @@ func TestNoValueInLogsOrErrors(t *testing.T) {
 		v.failWrites = http.StatusForbidden
 		keep(p.Rotate(ctx, "K", knownValue+"-4", nil))
 		v.failWrites = 0
+		// Decoders quote their input in their messages: Load withholds them.
+		v.set("JSONish", `{"key": "`+knownValue+`", broken`)
+		v.set("NotAnAddr", knownValue)
+		var cfg struct {
+			J map[string]string `keyvault:"JSONish,json"`
+			A netip.Addr        `keyvault:"NotAnAddr"`
+			T time.Time         `keyvault:"NotAnAddr"`
+			N int               `keyvault:"NotAnAddr,json"`
+		}
+		errs = append(errs, p.Load(ctx, &cfg))
+		_, err := p.ResolveEnv(ctx, []string{"X=@Microsoft.KeyVault(VaultName=fake;SecretName=Missing)", "Y=" + knownValue})
+		errs = append(errs, err)
+		h := p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true})
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/e", strings.NewReader(`{"eventType":"Microsoft.KeyVault.SecretNearExpiry","data":{"Id":"`+fakeVaultURL+`secrets/K/abc"}}`)))
+		fmt.Fprintf(&buf, "%v %+v %#v", p.Stats(), cfg, rec.Body.String())
 		v.setFail(func(string) (int, string) { return http.StatusServiceUnavailable, "ServiceUnavailable" })
 		time.Sleep(15 * time.Minute)
 		keep(p.Get(ctx, "K"))
