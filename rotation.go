@@ -250,7 +250,7 @@ func (p *Provider) apply(e *entry, seq uint64, got fetched, fetchErr error, rota
 		if e.kind == kindLatest && e.lastVersion != sec.Version && (e.lastVersion != "" || rotated) {
 			p.rotations.Add(1)
 			e.pending = append(e.pending, RotationEvent{
-				Name: sec.Name, OldVersion: e.lastVersion, NewVersion: sec.Version,
+				Vault: p.vaultURL, Name: sec.Name, OldVersion: e.lastVersion, NewVersion: sec.Version,
 				Secret: sec, Detected: now,
 			})
 			old := e.lastVersion

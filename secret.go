@@ -113,6 +113,7 @@ func (s Secret) MarshalJSON() ([]byte, error) {
 
 // RotationEvent tells Options.OnRotate that a cached secret has a new version.
 type RotationEvent struct {
+	Vault      string    // the vault's URL: Providers made for references to other vaults share OnRotate
 	Name       string    // the secret's name as the vault spells it
 	OldVersion string    // the version served until now
 	NewVersion string    // the version served from now on

@@ -29,7 +29,7 @@ func TestRotateWritesCachesAndFiresOnRotate(t *testing.T) {
 		if v.requests.Load() != reads {
 			t.Fatal("Get after Rotate read the vault")
 		}
-		if len(events) != 1 || events[0].OldVersion != v1 || events[0].NewVersion != s.Version {
+		if len(events) != 1 || events[0].OldVersion != v1 || events[0].NewVersion != s.Version || events[0].Vault != fakeVaultURL {
 			t.Fatalf("events = %+v", events)
 		}
 		if st := p.Stats(); st.Writes != 1 || st.Rotations != 1 {
