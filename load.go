@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
-	"sync"
 )
 
 // ErrLoadMisuse: Load was given something it cannot fill (not a pointer to
@@ -53,42 +51,18 @@ func (p *Provider) Load(ctx context.Context, dst any) error {
 	if err != nil {
 		return err
 	}
-	// Read each distinct reference once.
-	type result struct {
-		sec Secret
-		err error
-	}
-	results := map[ref]*result{}
+	// Read each distinct reference once, in parallel.
 	var refs []ref
+	index := map[ref]int{}
 	for _, f := range fields {
-		if _, ok := results[f.ref]; !ok {
-			results[f.ref] = nil
+		if _, ok := index[f.ref]; !ok {
+			index[f.ref] = len(refs)
 			refs = append(refs, f.ref)
 		}
 	}
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, p.cfg.preloadConcurrency)
-	)
-	for _, r := range refs {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			mu.Lock()
-			results[r] = &result{err: ctx.Err()}
-			mu.Unlock()
-			continue
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			s, err := p.resolve(ctx, r)
-			mu.Lock()
-			results[r] = &result{s, err}
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	secs, readErrs := inParallel(ctx, p.cfg.preloadConcurrency, len(refs), func(i int) (Secret, error) {
+		return p.resolve(ctx, refs[i])
+	})
 
 	// Decode everything before touching dst, so that a failure changes nothing.
 	type assignment struct {
@@ -99,15 +73,15 @@ func (p *Provider) Load(ctx context.Context, dst any) error {
 	var assigns []assignment
 	for i := range fields {
 		f := &fields[i]
-		res := results[f.ref]
-		if res.err != nil {
-			if f.optional && errors.Is(res.err, ErrNotFound) {
+		j := index[f.ref]
+		if err := readErrs[j]; err != nil {
+			if f.optional && errors.Is(err, ErrNotFound) {
 				continue
 			}
-			errs = append(errs, fmt.Errorf("field %s (secret %q): %w", f.path, f.ref.name, res.err))
+			errs = append(errs, fmt.Errorf("field %s (secret %q): %w", f.path, f.ref.name, err))
 			continue
 		}
-		val, err := f.decode(res.sec)
+		val, err := f.decode(secs[j])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("field %s (secret %q): %w", f.path, f.ref.name, err))
 			continue
@@ -334,7 +308,8 @@ func (p *Provider) ResolveEnv(ctx context.Context, env []string) ([]string, erro
 	if p.closed.Load() {
 		return nil, fmt.Errorf("kvsecrets: ResolveEnv: %w", ErrClosed)
 	}
-	refs := map[int]ref{}
+	var vars []int // indexes in env of the references
+	var refs []ref
 	var errs []error
 	for i, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
@@ -346,42 +321,24 @@ func (p *Provider) ResolveEnv(ctx context.Context, env []string) ([]string, erro
 			errs = append(errs, fmt.Errorf("variable %s: %w", k, err))
 			continue
 		}
-		refs[i] = r
+		vars, refs = append(vars, i), append(refs, r)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	secs, readErrs := inParallel(ctx, p.cfg.preloadConcurrency, len(refs), func(i int) (Secret, error) {
+		return p.resolve(ctx, refs[i])
+	})
 	out := append([]string(nil), env...)
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, p.cfg.preloadConcurrency)
-	)
-	for i, r := range refs {
+	for j, i := range vars {
 		k, _, _ := strings.Cut(env[i], "=")
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			mu.Lock()
-			errs = append(errs, fmt.Errorf("variable %s: %w", k, ctx.Err()))
-			mu.Unlock()
+		if readErrs[j] != nil {
+			errs = append(errs, fmt.Errorf("variable %s: %w", k, readErrs[j]))
 			continue
 		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			s, err := p.resolve(ctx, r)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("variable %s: %w", k, err))
-				return
-			}
-			out[i] = k + "=" + s.Value()
-		})
+		out[i] = k + "=" + secs[j].Value()
 	}
-	wg.Wait()
 	if len(errs) > 0 {
-		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 		return nil, errors.Join(errs...)
 	}
 	return out, nil

@@ -352,43 +352,53 @@ func (p *Provider) Preload(ctx context.Context, names ...string) error {
 	if len(bad) > 0 {
 		return errors.Join(bad...)
 	}
+	var todo []string
 	seen := make(map[string]bool, len(names))
-	var (
-		mu   sync.Mutex
-		errs []error
-		wg   sync.WaitGroup
-	)
-	fail := func(name string, err error) {
-		var se *SecretError
-		if !errors.As(err, &se) {
-			err = fmt.Errorf("kvsecrets: secret %q: %w", name, err)
-		}
-		mu.Lock()
-		errs = append(errs, err)
-		mu.Unlock()
-	}
-	sem := make(chan struct{}, p.cfg.preloadConcurrency)
 	for _, n := range names {
-		canon := strings.ToLower(n)
-		if seen[canon] {
+		if canon := strings.ToLower(n); !seen[canon] {
+			seen[canon] = true
+			todo = append(todo, n)
+		}
+	}
+	_, readErrs := inParallel(ctx, p.cfg.preloadConcurrency, len(todo), func(i int) (struct{}, error) {
+		_, err := p.GetSecret(ctx, todo[i])
+		return struct{}{}, err
+	})
+	var errs []error
+	for i, err := range readErrs {
+		if err == nil {
 			continue
 		}
-		seen[canon] = true
+		var se *SecretError
+		if !errors.As(err, &se) {
+			err = fmt.Errorf("kvsecrets: secret %q: %w", todo[i], err)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// inParallel calls do(i) for every i in [0, n), at most limit at once, and
+// returns the results by index. Once ctx ends, calls not yet started get
+// ctx.Err() without running.
+func inParallel[T any](ctx context.Context, limit, n int, do func(i int) (T, error)) ([]T, []error) {
+	vals, errs := make([]T, n), make([]error, n)
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i := range n {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
-			fail(n, ctx.Err())
+			errs[i] = ctx.Err()
 			continue
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if _, err := p.GetSecret(ctx, n); err != nil {
-				fail(n, err)
-			}
+			vals[i], errs[i] = do(i)
 		})
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	return vals, errs
 }
 
 // Stats returns the Provider's counters.
