@@ -221,3 +221,65 @@ func ExampleProvider_EventGridHandler() {
 	// 200
 	// v2
 }
+
+func ExampleProvider_Load() {
+	vault, err := kvtest.NewServer(nil)
+	if err != nil {
+		panic(err)
+	}
+	defer vault.Close()
+	vault.Seed(map[string]string{"StripeKey": "sk_test_1", "DatabaseConfig": `{"host":"db.internal","port":5432}`})
+	p, _ := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{ClientOptions: vault.ClientOptions()})
+	defer p.Close()
+
+	var cfg struct {
+		StripeKey string `keyvault:"StripeKey"`
+		Database  struct {
+			Host string `json:"host"`
+			Port int    `json:"port"`
+		} `keyvault:"DatabaseConfig,json"`
+		SentryDSN string `keyvault:"SentryDsn,optional"`
+	}
+	if err := p.Load(context.Background(), &cfg); err != nil {
+		panic(err)
+	}
+	fmt.Println(cfg.Database.Host, cfg.Database.Port, len(cfg.StripeKey), cfg.SentryDSN == "")
+
+	var missing struct {
+		SendGridKey string `keyvault:"SendGridKey"`
+	}
+	fmt.Println(p.Load(context.Background(), &missing))
+	// Output:
+	// db.internal 5432 9 true
+	// field dst.SendGridKey (secret "SendGridKey"): kvsecrets: secret "SendGridKey": secret not found (404 SecretNotFound)
+}
+
+func ExampleProvider_Resolve() {
+	vault, err := kvtest.NewServer(nil) // vault URL https://kvtest.vault.azure.net/
+	if err != nil {
+		panic(err)
+	}
+	defer vault.Close()
+	vault.Seed(map[string]string{"MyApiKey": "k-1"})
+	p, _ := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{ClientOptions: vault.ClientOptions()})
+	defer p.Close()
+	ctx := context.Background()
+
+	for _, ref := range []string{
+		"MyApiKey",
+		"https://kvtest.vault.azure.net/secrets/MyApiKey",
+		"@Microsoft.KeyVault(SecretUri=https://kvtest.vault.azure.net/secrets/MyApiKey/)",
+		"@Microsoft.KeyVault(VaultName=kvtest;SecretName=MyApiKey)",
+	} {
+		v, err := p.Resolve(ctx, ref)
+		fmt.Println(v, err)
+	}
+	_, err = p.Resolve(ctx, "https://attacker.example/secrets/MyApiKey")
+	fmt.Println(errors.Is(err, kvsecrets.ErrHostNotAllowed))
+	// Output:
+	// k-1 <nil>
+	// k-1 <nil>
+	// k-1 <nil>
+	// k-1 <nil>
+	// true
+}

@@ -167,7 +167,11 @@ func (p *Provider) loadPlan(dst any) ([]loadField, error) {
 		}
 	}
 	t := v.Elem().Type()
-	walk(t, t.Name(), nil, map[reflect.Type]bool{})
+	root := t.Name()
+	if root == "" {
+		root = "dst" // an anonymous struct
+	}
+	walk(t, root, nil, map[reflect.Type]bool{})
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
