@@ -230,12 +230,18 @@ func TestChallengeAndTokens(t *testing.T) {
 	if status, body, _ := rawGet(t, s, "secrets/K/", tok); status != 400 || !strings.Contains(body, "api-version") {
 		t.Fatalf("no api-version: %d %s", status, body)
 	}
-	short := NewTestServer(t, &Options{TokenLifetime: time.Millisecond})
-	tok, _ = short.IssueToken()
-	time.Sleep(5 * time.Millisecond)
-	if status, _, _ := rawGet(t, short, "secrets/K/?api-version=1", tok); status != 401 {
-		t.Fatalf("expired token: %d", status)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		short, _ := NewInProcess(&Options{TokenLifetime: time.Minute})
+		short.Seed(map[string]string{"K": "v"})
+		tok, _ := short.IssueToken()
+		if status, _, _ := rawGet(t, short, "secrets/K/?api-version=1", tok); status != 200 {
+			t.Fatalf("fresh token: %d", status)
+		}
+		time.Sleep(time.Minute)
+		if status, _, _ := rawGet(t, short, "secrets/K/?api-version=1", tok); status != 401 {
+			t.Fatalf("expired token: %d", status)
+		}
+	})
 	if _, err := s.Credential().GetToken(context.Background(), policyScopes("https://storage.azure.com/.default")); err == nil {
 		t.Fatal("credential issued a token for another scope")
 	}
@@ -327,12 +333,23 @@ func TestThrottleModel(t *testing.T) {
 	if ok != 10 || throttled != 5 || s.Counts().Throttled != 5 {
 		t.Fatalf("ok %d, throttled %d, counts %+v", ok, throttled, s.Counts())
 	}
-	s.SetThrottle(1, 20*time.Millisecond) // a new window every 20ms
-	rawGet(t, s, "secrets/K/?api-version=1", tok)
-	time.Sleep(25 * time.Millisecond)
-	if status, _, _ := rawGet(t, s, "secrets/K/?api-version=1", tok); status != 200 {
-		t.Fatalf("new window: %d", status)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := NewInProcess(nil)
+		s.Seed(map[string]string{"K": "v"})
+		tok, _ := s.IssueToken()
+		s.SetThrottle(1, 10*time.Second)
+		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=1", tok); status != 200 {
+			t.Fatalf("first: %d", status)
+		}
+		time.Sleep(9 * time.Second)
+		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=1", tok); status != 429 {
+			t.Fatalf("same window: %d", status)
+		}
+		time.Sleep(time.Second)
+		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=1", tok); status != 200 {
+			t.Fatalf("new window: %d", status)
+		}
+	})
 }
 
 func TestOptionsValidation(t *testing.T) {
