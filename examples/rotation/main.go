@@ -89,7 +89,13 @@ func run(ctx context.Context, out io.Writer) error {
 	check("partner (new key)", newKey)
 
 	fmt.Fprintln(out, "\n4. After the overlap (a day by default; two seconds here) only the new key works:")
-	time.Sleep(3 * time.Second)
+	time.Sleep(2 * time.Second)
+	// The key set is re-read within a TTL (a second here) of the overlap's end.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if _, err := secrets.Verify(ctx, "PartnerApiKey", oldKey); errors.Is(err, kvsecrets.ErrMismatch) {
+			break
+		}
+	}
 	check("partner (old key)", oldKey)
 	check("partner (new key)", newKey)
 
