@@ -5,11 +5,13 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -56,7 +58,8 @@ type EventGridOptions struct {
 	// convergence. Default 0: refresh at once.
 	Spread time.Duration
 	// OnNearExpiry, when set, is called for SecretNearExpiry events about
-	// this vault's secrets (besides a Warn log). It runs in the request.
+	// this vault's secrets (besides a Warn log). It runs in the request; a
+	// panic is recovered and logged.
 	OnNearExpiry func(ExpiryEvent)
 }
 
@@ -216,7 +219,7 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 		p.cfg.logger.Warn("kvsecrets: Event Grid: secret near expiry; rotate it",
 			slog.String("secret", name), slog.String("version", version), slog.Time("expires", ev.Expires))
 		if h.opts.OnNearExpiry != nil {
-			h.opts.OnNearExpiry(ExpiryEvent{Name: name, Version: version, NotBefore: ev.NotBefore, Expires: ev.Expires})
+			h.callOnNearExpiry(ExpiryEvent{Name: name, Version: version, NotBefore: ev.NotBefore, Expires: ev.Expires})
 		}
 		return
 	}
@@ -237,6 +240,18 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 	p.cfg.logger.Info("kvsecrets: Event Grid: refreshing secret",
 		slog.String("secret", name), slog.String("event", ev.Type), slog.String("version", version))
 	h.refresh(e)
+}
+
+// callOnNearExpiry calls the hook, recovering and logging a panic as
+// OnRotate's are (without the panic value).
+func (h *eventGridHandler) callOnNearExpiry(ev ExpiryEvent) {
+	defer func() {
+		if r := recover(); r != nil {
+			h.p.cfg.logger.Error("kvsecrets: OnNearExpiry panicked", slog.String("secret", ev.Name),
+				slog.String("panic", fmt.Sprintf("%T", r)), slog.String("stack", string(debug.Stack())))
+		}
+	}()
+	h.opts.OnNearExpiry(ev)
 }
 
 // refresh starts a refresh of e now, or folds it into one at the end of

@@ -39,7 +39,6 @@ type fakeVault struct {
 	noLog      bool // keep no request log (memory benchmarks)
 	writes     int  // SetSecret calls
 	failWrites int  // when non-zero, SetSecret answers this status
-	listCalls  int  // versions pager calls
 }
 
 type fvRequest struct {
@@ -235,7 +234,6 @@ func (v *fakeVault) listVersions(name string, _ *azsecrets.ListSecretPropertiesV
 	v.requests.Add(1)
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.listCalls++
 	if v.fail != nil {
 		if status, code := v.fail(name); status != 0 {
 			resp.AddResponseError(status, code)

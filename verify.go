@@ -95,9 +95,9 @@ func (p *Provider) fetchKeySet(ctx context.Context, e *entry) (fetched, error) {
 		return fetched{}, err
 	}
 	type prop struct {
-		version                   string
-		created, expires, notBefo time.Time
-		enabled                   bool
+		version                     string
+		created, expires, notBefore time.Time
+		enabled                     bool
 	}
 	var props []prop
 	p.vaultRequests.Add(1)
@@ -124,7 +124,7 @@ func (p *Provider) fetchKeySet(ctx context.Context, e *entry) (fetched, error) {
 					pr.expires = *a.Expires
 				}
 				if a.NotBefore != nil {
-					pr.notBefo = *a.NotBefore
+					pr.notBefore = *a.NotBefore
 				}
 				if a.Enabled != nil {
 					pr.enabled = *a.Enabled
@@ -155,7 +155,7 @@ func (p *Provider) fetchKeySet(ctx context.Context, e *entry) (fetched, error) {
 		if len(accepted)-1 >= p.cfg.verifyPrevious {
 			break
 		}
-		if !pr.enabled || (!pr.expires.IsZero() && !now.Before(pr.expires)) || (!pr.notBefo.IsZero() && now.Before(pr.notBefo)) {
+		if !pr.enabled || (!pr.expires.IsZero() && !now.Before(pr.expires)) || (!pr.notBefore.IsZero() && now.Before(pr.notBefore)) {
 			continue
 		}
 		old, err := p.getSecret(ctx, e, pr.version)

@@ -131,22 +131,22 @@ func (s *Server) nextFault(name string) (Fault, bool) {
 		}
 		fs.throttleCount++
 		if fs.throttleCount > fs.throttleLimit {
-			s.stats.throttled++
+			s.stats.counts.Throttled++
 			return fs.throttleFault, true
 		}
 	}
 	if f, ok := fs.perSecret[strings.ToLower(name)]; ok && name != "" {
-		s.stats.faulted++
+		s.stats.counts.Faulted++
 		return f, true
 	}
 	if len(fs.next) > 0 {
 		f := fs.next[0]
 		fs.next = fs.next[1:]
-		s.stats.faulted++
+		s.stats.counts.Faulted++
 		return f, true
 	}
 	if now.Before(fs.until) {
-		s.stats.faulted++
+		s.stats.counts.Faulted++
 		return fs.window, true
 	}
 	return Fault{}, false
@@ -204,8 +204,6 @@ type Counts struct {
 
 type stats struct {
 	counts    Counts
-	faulted   int64
-	throttled int64
 	perSecret map[string]int64 // GETs of a secret's value, by lower-case name
 	log       []Request
 }
@@ -235,9 +233,7 @@ func (s *Server) logRequest(r *http.Request, rt route, authorised bool, status i
 func (s *Server) Counts() Counts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := s.stats.counts
-	c.Faulted, c.Throttled = s.stats.faulted, s.stats.throttled
-	return c
+	return s.stats.counts
 }
 
 // SecretRequests returns how many authorised GETs of the named secret's
