@@ -81,7 +81,7 @@ func sdkRecording(t *testing.T, name string) *recordings.Recording {
 }
 
 func TestReplayDisabledSecret(t *testing.T) {
-	v, p := replay(t, loadRecording(t, filepath.Join(recordings.SharedDir(), "recording_cant_get_a_disabled_secret.json")), nil)
+	v, p := replay(t, loadRecording(t, filepath.Join(recordings.Dir(), "recording_cant_get_a_disabled_secret.json")), nil)
 	_, err := p.Get(context.Background(), "CRUDSecretName-cantgetadisabledsecret-")
 	var re *azcore.ResponseError
 	if !errors.Is(err, ErrDisabled) || !errors.As(err, &re) || re.StatusCode != 403 || !strings.Contains(err.Error(), "Forbidden/SecretDisabled") {
@@ -93,7 +93,7 @@ func TestReplayDisabledSecret(t *testing.T) {
 }
 
 func TestReplayMissingSecret(t *testing.T) {
-	_, p := replay(t, loadRecording(t, filepath.Join(recordings.SharedDir(), "recording_can_get_a_secret_non_existing.json")), nil)
+	_, p := replay(t, loadRecording(t, filepath.Join(recordings.Dir(), "recording_can_get_a_secret_non_existing.json")), nil)
 	_, err := p.Get(context.Background(), "CRUDSecretName-cangetasecretNonExisting-")
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "404 SecretNotFound") {
 		t.Fatalf("err = %v, want ErrNotFound", err)

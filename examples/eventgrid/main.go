@@ -28,7 +28,7 @@ import (
 
 // samplePayload is Key Vault's SecretNewVersionCreated sample in the Event
 // Grid schema, from the azure-rest-api-specs examples
-// (shared/realdata/eventgrid/rest-api-specs_secret_new_version_created.json).
+// (testdata/realdata/eventgrid/rest-api-specs_secret_new_version_created.json).
 const samplePayload = `{
   "id":"00eccf70-95a7-4e7c-8299-2eb17ee9ad64",
   "topic":"/subscriptions/{subscription-id}/resourceGroups/sample-rg/providers/Microsoft.KeyVault/vaults/sample-kv",

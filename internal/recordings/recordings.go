@@ -1,6 +1,7 @@
 // Package recordings loads real Key Vault traffic for tests: the
-// test-proxy recordings in shared/realdata (captured by the JavaScript SDK's
-// tests against a real vault) and those shipped with azsecrets v0.12.0.
+// test-proxy recordings in testdata/realdata (captured by the JavaScript
+// SDK's tests against a real vault; see testdata/realdata/README.md) and
+// those shipped with azsecrets v0.12.0.
 package recordings
 
 import (
@@ -42,12 +43,14 @@ func Load(path string) (*Recording, error) {
 	return r, nil
 }
 
-// SharedDir is shared/realdata/recordings, beside the module's checkout.
-func SharedDir() string {
+// realdata is the module's testdata/realdata folder.
+func realdata() string {
 	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	return filepath.Join(root, "..", "shared", "realdata", "recordings")
+	return filepath.Join(filepath.Dir(file), "..", "..", "testdata", "realdata")
 }
+
+// Dir is testdata/realdata/recordings, in the module's own tree.
+func Dir() string { return filepath.Join(realdata(), "recordings") }
 
 // SDKModule is the old azsecrets release whose testdata holds recordings
 // made against a real vault (host fakevault.local).
@@ -67,14 +70,14 @@ func SDKDir() (string, error) {
 	return filepath.Join(m.Dir, "testdata", "recordings"), nil
 }
 
-// All returns the paths of every recording: shared ones, then the SDK's.
+// All returns the paths of every recording: the module's own, then the SDK's.
 func All() ([]string, error) {
-	shared, err := filepath.Glob(filepath.Join(SharedDir(), "*.json"))
+	own, err := filepath.Glob(filepath.Join(Dir(), "*.json"))
 	if err != nil {
 		return nil, err
 	}
-	if len(shared) == 0 {
-		return nil, fmt.Errorf("no recordings in %s", SharedDir())
+	if len(own) == 0 {
+		return nil, fmt.Errorf("no recordings in %s", Dir())
 	}
 	dir, err := SDKDir()
 	if err != nil {
@@ -84,13 +87,11 @@ func All() ([]string, error) {
 	if err != nil || len(sdk) == 0 {
 		return nil, fmt.Errorf("no recordings in %s", dir)
 	}
-	sort.Strings(shared)
+	sort.Strings(own)
 	sort.Strings(sdk)
-	return append(shared, sdk...), nil
+	return append(own, sdk...), nil
 }
 
-// EventGridDir is shared/realdata/eventgrid: Key Vault events as Event Grid
-// and CloudEvents deliver them, quirks included.
-func EventGridDir() string {
-	return filepath.Join(SharedDir(), "..", "eventgrid")
-}
+// EventGridDir is testdata/realdata/eventgrid: Key Vault events as Event
+// Grid and CloudEvents deliver them, quirks included.
+func EventGridDir() string { return filepath.Join(realdata(), "eventgrid") }
