@@ -7,8 +7,8 @@
 //
 // Run it with
 //
-//	go test ./sim -run TestFleet -v                # 1,000 instances × 20 secrets
-//	go test ./sim -run TestFleet -v -fleet.n 200   # smaller
+//	go test ./sim -run TestFleet -v -fleet.n 1000  # 1,000 instances × 20 secrets
+//	go test ./sim -run TestFleet -v                # 10 × 20, the limit scaled to it
 package sim
 
 import (
