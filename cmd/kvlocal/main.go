@@ -1,10 +1,13 @@
 // Command kvlocal runs a local Azure Key Vault (secrets only) on loopback
 // HTTPS, for manual trials and for clients in other languages.
 //
-//	kvlocal -port 8443 -seed MyApiKey=s3cret -seed-file secrets.json
+//	go install ./cmd/kvlocal
+//	kvlocal -port 8443 -seed MyApiKey=s3cret -seed-file cmd/kvlocal/seed.example.json
 //
-// It writes its CA certificate to a file (-ca-out), prints the vault URL,
-// the certificate path and a bearer token it accepts, and runs until
+// It writes its CA certificate to a file (-ca-out; by default
+// kvlocal/ca-PORT.pem in the user's cache folder, or in the temporary
+// folder when there is none, never the working folder), prints the vault
+// URL, the certificate's path and a bearer token it accepts, and runs until
 // SIGINT or SIGTERM. Clients must trust the certificate and turn off
 // challenge resource verification, since 127.0.0.1 is not under
 // vault.azure.net: in Go, azsecrets.ClientOptions.DisableChallengeResourceVerification;
@@ -13,7 +16,7 @@
 //
 // A seed file is a JSON object of name → value, or name → {"value",
 // "contentType", "tags", "enabled", "notBefore", "expires"} with times in
-// RFC 3339.
+// RFC 3339; seed.example.json beside this file is one.
 package main
 
 import (
@@ -23,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	neturl "net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -85,7 +89,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.SetOutput(out)
 	port := fs.Int("port", 8443, "TCP port on 127.0.0.1 (0 picks a free one)")
 	name := fs.String("vault-name", "kvlocal", "vault name, shown in the challenge's certificate and ids")
-	caOut := fs.String("ca-out", "kvlocal-ca.pem", "file to write the CA certificate to")
+	caOut := fs.String("ca-out", "", "file to write the CA certificate to (default: kvlocal/ca-PORT.pem in the user's cache folder)")
 	token := fs.String("token", "", "bearer token to accept (default: a random one, printed)")
 	tokenTTL := fs.Duration("token-ttl", 24*time.Hour, "how long the printed token is accepted")
 	seedFile := fs.String("seed-file", "", "JSON file of secrets to seed")
@@ -134,8 +138,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 
-	ca, err := filepath.Abs(*caOut)
-	if err != nil {
+	url := srv.LoopbackURL()
+	ca := *caOut
+	if ca == "" {
+		if ca, err = defaultCAPath(url); err != nil {
+			return err
+		}
+	}
+	if ca, err = filepath.Abs(ca); err != nil {
 		return err
 	}
 	if err := os.WriteFile(ca, srv.CACertPEM(), 0o644); err != nil {
@@ -147,7 +157,6 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	srv.AddToken(tok, time.Now().Add(*tokenTTL))
 
-	url := srv.LoopbackURL()
 	fmt.Fprintf(out, "kvlocal: a local Key Vault is listening\n")
 	fmt.Fprintf(out, "  URL:      %s\n", url)
 	fmt.Fprintf(out, "  CA cert:  %s\n", ca)
@@ -163,4 +172,24 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	<-ctx.Done()
 	fmt.Fprintln(out, "kvlocal: shutting down")
 	return nil
+}
+
+// defaultCAPath is where the CA certificate goes without -ca-out: outside
+// the working folder (a repository's git status stays clean), in the user's
+// cache folder, or the temporary folder when there is none, one file per
+// port so that two kvlocals do not overwrite each other's certificate.
+func defaultCAPath(vaultURL string) (string, error) {
+	u, err := neturl.Parse(vaultURL)
+	if err != nil {
+		return "", err
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	dir := filepath.Join(base, "kvlocal")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("folder for the CA certificate (set -ca-out): %w", err)
+	}
+	return filepath.Join(dir, "ca-"+u.Port()+".pem"), nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -117,3 +120,99 @@ func TestKvlocalRefusesBadFlags(t *testing.T) {
 type discard struct{}
 
 func (discard) Write(b []byte) (int, error) { return len(b), nil }
+
+// TestKvlocalDefaultsStayOutOfTheWorkingFolder runs kvlocal as the README
+// shows it, without -ca-out and with the sample seed file: the certificate
+// goes to the user's cache folder, whose path is printed, the working folder
+// stays empty, and every secret of the sample is served.
+func TestKvlocalDefaultsStayOutOfTheWorkingFolder(t *testing.T) {
+	sample, err := filepath.Abs("seed.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work, cache := t.TempDir(), t.TempDir()
+	t.Chdir(work)
+	t.Setenv("XDG_CACHE_HOME", cache)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &lines{printed: make(chan string, 100)}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"-port", "0", "-token", "tok", "-seed-file", sample}, out) }()
+	var url, ca, names string
+	for url == "" || ca == "" || names == "" {
+		select {
+		case l := <-out.printed:
+			if m := regexp.MustCompile(`^  URL:\s+(\S+)`).FindStringSubmatch(l); m != nil {
+				url = m[1]
+			}
+			if m := regexp.MustCompile(`^  CA cert:\s+(\S+)`).FindStringSubmatch(l); m != nil {
+				ca = m[1]
+			}
+			if m := regexp.MustCompile(`^  Secrets:\s+(.+)`).FindStringSubmatch(l); m != nil {
+				names = m[1]
+			}
+		case err := <-done:
+			t.Fatalf("kvlocal stopped: %v", err)
+		}
+	}
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	if want := filepath.Join(cache, "kvlocal") + string(filepath.Separator); !strings.HasPrefix(ca, want) {
+		t.Errorf("CA certificate at %s, want it under %s", ca, want)
+	}
+	if names != "DatabaseConfig, MyApiKey, PartnerApiKey, RetiredKey" {
+		t.Errorf("seeded %q", names)
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatal("the printed CA file holds no certificate")
+	}
+	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	defer transport.CloseIdleConnections()
+	c, err := azsecrets.NewClient(url, staticToken("tok"), &azsecrets.ClientOptions{
+		ClientOptions:                        azcore.ClientOptions{Transport: &http.Client{Transport: transport}},
+		DisableChallengeResourceVerification: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.GetSecret(context.Background(), "DatabaseConfig", "", nil)
+	if err != nil || *got.ContentType != "application/json" || *got.Tags["owner"] != "payments" {
+		t.Fatalf("DatabaseConfig: %+v, %v", got, err)
+	}
+	if left, _ := os.ReadDir(work); len(left) != 0 {
+		t.Errorf("kvlocal wrote %s into the working folder", left[0].Name())
+	}
+}
+
+// lines passes each line written to it to printed.
+type lines struct {
+	mu      sync.Mutex
+	buf     []byte
+	printed chan string
+}
+
+func (l *lines) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, b...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		select {
+		case l.printed <- string(l.buf[:i]):
+		default:
+		}
+		l.buf = l.buf[i+1:]
+	}
+}
