@@ -18,6 +18,7 @@ func TestQuickstartLocal(t *testing.T) {
 		"cached Gets",
 		"vault requests so far: 1",
 		"OnRotate fired",
+		"this demo's TTL is 1s; the default is 1h0m0s",
 		"0 errors (stale value served",
 		"rotations 1",
 	} {
