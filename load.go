@@ -23,7 +23,8 @@ var ErrLoadMisuse = errors.New("kvsecrets: Load misuse")
 //		StripeKey string          `keyvault:"StripeKey"`
 //		TLSKey    []byte          `keyvault:"TlsKey"`
 //		Partner   kvsecrets.Secret `keyvault:"PartnerApiKey"`
-//		Endpoint  *url.URL        `keyvault:"ServiceUrl"`           // any encoding.TextUnmarshaler
+//		Bind      netip.Addr      `keyvault:"BindAddr"`             // any encoding.TextUnmarshaler
+//		Endpoint  *url.URL        `keyvault:"ServiceUrl"`           // or encoding.BinaryUnmarshaler
 //		DB        DBConfig        `keyvault:"DbConfig,json"`        // a JSON secret
 //		Sentry    string          `keyvault:"SentryDsn,optional"`   // left as is if the secret does not exist
 //		Legacy    string          `keyvault:"@Microsoft.KeyVault(VaultName=old-kv;SecretName=Key)"`
@@ -34,8 +35,10 @@ var ErrLoadMisuse = errors.New("kvsecrets: Load misuse")
 // then options: "json" decodes the secret as JSON into the field (any
 // type), "optional" leaves the field untouched when the secret does not
 // exist (ErrNotFound; other failures still fail). Field types are string,
-// []byte, Secret, any type whose pointer implements
-// encoding.TextUnmarshaler, and with "json" anything JSON decodes into.
+// []byte, Secret, any type that implements encoding.TextUnmarshaler
+// (itself a pointer, or through its pointer), failing that
+// encoding.BinaryUnmarshaler (url.URL), and with "json" anything JSON
+// decodes into.
 //
 // Misuse — dst not a non-nil pointer to a struct, an unsupported field
 // type, an unexported tagged field, a bad tag, a reference to a host not
@@ -105,7 +108,8 @@ const (
 	loadString loadKind = iota
 	loadBytes
 	loadSecret
-	loadText
+	loadText   // encoding.TextUnmarshaler
+	loadBinary // encoding.BinaryUnmarshaler (and not TextUnmarshaler)
 	loadJSON
 )
 
@@ -120,9 +124,16 @@ type loadField struct {
 }
 
 var (
-	secretType        = reflect.TypeFor[Secret]()
-	textUnmarshalType = reflect.TypeFor[encoding.TextUnmarshaler]()
+	secretType          = reflect.TypeFor[Secret]()
+	textUnmarshalType   = reflect.TypeFor[encoding.TextUnmarshaler]()
+	binaryUnmarshalType = reflect.TypeFor[encoding.BinaryUnmarshaler]()
 )
+
+// decodes reports whether a field of type t can be decoded by iface's
+// method: t is a pointer type with the method, or *t has it.
+func decodes(t, iface reflect.Type) bool {
+	return reflect.PointerTo(t).Implements(iface) || (t.Kind() == reflect.Pointer && t.Implements(iface))
+}
 
 // loadPlan walks dst's type and returns the fields to fill, or every misuse.
 func (p *Provider) loadPlan(dst any) ([]loadField, error) {
@@ -149,7 +160,7 @@ func (p *Provider) loadPlan(dst any) ([]loadField, error) {
 				if ft.Kind() == reflect.Pointer {
 					ft = ft.Elem()
 				}
-				if ft.Kind() == reflect.Struct && ft != secretType && !reflect.PointerTo(ft).Implements(textUnmarshalType) && (sf.IsExported() || sf.Anonymous) && tag != "-" {
+				if ft.Kind() == reflect.Struct && ft != secretType && !decodes(ft, textUnmarshalType) && !decodes(ft, binaryUnmarshalType) && (sf.IsExported() || sf.Anonymous) && tag != "-" {
 					walk(ft, fpath, fsteps, seen)
 				}
 				continue
@@ -211,14 +222,16 @@ func (p *Provider) parseTag(tag string, f *loadField) error {
 		f.kind = loadJSON
 	case t == secretType:
 		f.kind = loadSecret
-	case reflect.PointerTo(t).Implements(textUnmarshalType) || (t.Kind() == reflect.Pointer && t.Implements(textUnmarshalType)):
+	case decodes(t, textUnmarshalType):
 		f.kind = loadText
+	case decodes(t, binaryUnmarshalType):
+		f.kind = loadBinary
 	case t.Kind() == reflect.String:
 		f.kind = loadString
 	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8:
 		f.kind = loadBytes
 	default:
-		return fmt.Errorf("type %v is not supported: use string, []byte, kvsecrets.Secret, an encoding.TextUnmarshaler, or the json option", t)
+		return fmt.Errorf("type %v is not supported: use string, []byte, kvsecrets.Secret, an encoding.TextUnmarshaler or encoding.BinaryUnmarshaler, or the json option", t)
 	}
 	return nil
 }
@@ -234,17 +247,27 @@ func (f *loadField) decode(s Secret) (reflect.Value, error) {
 		return reflect.ValueOf(s.Value()).Convert(t), nil
 	case loadBytes:
 		return reflect.ValueOf([]byte(s.Value())).Convert(t), nil
-	case loadText:
-		if t.Kind() == reflect.Pointer && t.Implements(textUnmarshalType) {
-			v := reflect.New(t.Elem())
-			if err := v.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s.Value())); err != nil {
-				return reflect.Value{}, &withheldError{what: fmt.Sprintf("%v.UnmarshalText failed", t), err: err}
-			}
-			return v, nil
+	case loadText, loadBinary:
+		iface, method := textUnmarshalType, "UnmarshalText"
+		if f.kind == loadBinary {
+			iface, method = binaryUnmarshalType, "UnmarshalBinary"
 		}
-		v := reflect.New(t)
-		if err := v.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s.Value())); err != nil {
-			return reflect.Value{}, &withheldError{what: fmt.Sprintf("(*%v).UnmarshalText failed", t), err: err}
+		ptr := t // the pointer type whose method decodes
+		if t.Kind() != reflect.Pointer || !t.Implements(iface) {
+			ptr = reflect.PointerTo(t)
+		}
+		v := reflect.New(ptr.Elem())
+		var err error
+		if f.kind == loadText {
+			err = v.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s.Value()))
+		} else {
+			err = v.Interface().(encoding.BinaryUnmarshaler).UnmarshalBinary([]byte(s.Value()))
+		}
+		if err != nil {
+			return reflect.Value{}, &withheldError{what: fmt.Sprintf("(%v).%s failed", ptr, method), err: err}
+		}
+		if ptr == t {
+			return v, nil
 		}
 		return v.Elem(), nil
 	case loadJSON:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -165,6 +166,8 @@ type loadConfig struct {
 	Named   apiKeyString  `keyvault:"ApiKey"`
 	Addr    netip.Addr    `keyvault:"BindAddr"`
 	When    *time.Time    `keyvault:"Launch"`
+	URL     *url.URL      `keyvault:"ServiceUrl"` // BinaryUnmarshaler only
+	URLVal  url.URL       `keyvault:"ServiceUrl"`
 	DB      dbConfig      `keyvault:"DbConfig,json"`
 	Hosts   []string      `keyvault:"Hosts,json"`
 	Missing string        `keyvault:"NotThere,optional"`
@@ -193,6 +196,7 @@ func seedLoad(v *fakeVault) {
 	v.set("DbConfig", `{"host":"db.internal","port":5432}`)
 	v.set("Hosts", `["a","b"]`)
 	v.set("Token", "t-456")
+	v.set("ServiceUrl", "https://partner.example/api?x=1")
 }
 
 func TestLoadFillsEveryKindOfField(t *testing.T) {
@@ -209,14 +213,15 @@ func TestLoadFillsEveryKindOfField(t *testing.T) {
 			cfg.Named != "k-123" || cfg.Addr != netip.MustParseAddr("127.0.0.1") || cfg.When == nil || !cfg.When.Equal(want) ||
 			cfg.DB != (dbConfig{"db.internal", 5432}) || !reflect.DeepEqual(cfg.Hosts, []string{"a", "b"}) ||
 			cfg.Missing != "default" || cfg.Nested.Token != "t-456" || cfg.Ptr == nil || cfg.Ptr.Token != "t-456" ||
-			cfg.Skip != "kept" || cfg.plain != "p" || cfg.Other != 7 {
+			cfg.Skip != "kept" || cfg.plain != "p" || cfg.Other != 7 ||
+			cfg.URL == nil || cfg.URL.String() != "https://partner.example/api?x=1" || cfg.URLVal.Host != "partner.example" {
 			t.Fatalf("cfg = %+v", cfg)
 		}
-		if n := v.requests.Load(); n != 7 {
-			t.Fatalf("vault reads = %d, want 7 (one per distinct secret)", n)
+		if n := v.requests.Load(); n != 8 {
+			t.Fatalf("vault reads = %d, want 8 (one per distinct secret)", n)
 		}
 		mustGet(t, p, "ApiKey", "k-123") // the values are cached
-		if v.requests.Load() != 7 {
+		if v.requests.Load() != 8 {
 			t.Fatal("Load did not cache")
 		}
 	})
@@ -277,6 +282,7 @@ func TestLoadFailureNamesEveryFieldAndChangesNothing(t *testing.T) {
 		v.set("BadJSON", `{"host": "secret-db-host", "port": "not-a-number"}`)
 		v.set("Broken", `{not json: secret-db-host`)
 		v.set("BadAddr", "secret-not-an-address")
+		v.set("BadURL", "secret-%zz")
 		p := v.newProvider(t, nil)
 		type cfg struct {
 			A   string     `keyvault:"ApiKey"`
@@ -285,6 +291,7 @@ func TestLoadFailureNamesEveryFieldAndChangesNothing(t *testing.T) {
 			D   dbConfig   `keyvault:"BadJSON,json"`
 			E   dbConfig   `keyvault:"Broken,json"`
 			F   netip.Addr `keyvault:"BadAddr"`
+			G   *url.URL   `keyvault:"BadURL"`
 			Opt string     `keyvault:"MissingThree,optional"`
 		}
 		c := cfg{A: "before"}
@@ -294,7 +301,7 @@ func TestLoadFailureNamesEveryFieldAndChangesNothing(t *testing.T) {
 		}
 		msg := err.Error()
 		for _, want := range []string{`cfg.B (secret "MissingOne")`, `cfg.C (secret "MissingTwo")`, `cfg.D (secret "BadJSON")`,
-			`cfg.E (secret "Broken")`, `cfg.F (secret "BadAddr")`, "not valid JSON (at byte 2)", "JSON string at port cannot be decoded into int"} {
+			`cfg.E (secret "Broken")`, `cfg.F (secret "BadAddr")`, `cfg.G (secret "BadURL"): (*url.URL).UnmarshalBinary failed`, "not valid JSON (at byte 2)", "JSON string at port cannot be decoded into int"} {
 			if !strings.Contains(msg, want) {
 				t.Errorf("error lacks %q:\n%s", want, msg)
 			}
