@@ -2,7 +2,10 @@
 // strings, tokens — to Go services from memory, through one call:
 //
 //	p, err := kvsecrets.NewProvider("https://myvault.vault.azure.net/", nil, nil)
-//	...
+//	if err != nil {
+//		return err
+//	}
+//	defer p.Close()
 //	key, err := p.Get(ctx, "MyApiKey")
 //
 // # What a Provider does
