@@ -133,53 +133,75 @@ func (h *eventGridHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodOptions {
-		// CloudEvents webhook validation (abuse protection).
-		origin := r.Header.Get("WebHook-Request-Origin")
-		if origin == "" {
-			p.eventsRejected.Add(1)
-			http.Error(w, "missing WebHook-Request-Origin", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("WebHook-Allowed-Origin", origin)
-		w.Header().Set("WebHook-Allowed-Rate", "*")
-		w.WriteHeader(http.StatusOK)
+		h.cloudEventsHandshake(w, r)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEventBody))
-	if err != nil {
-		p.eventsRejected.Add(1)
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			http.Error(w, "delivery larger than 1 MiB", http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "unreadable body", http.StatusBadRequest)
+	events, ok := h.readEvents(w, r)
+	if !ok || h.subscriptionValidation(w, events) {
 		return
-	}
-	events, err := parseEvents(body)
-	if err != nil {
-		p.eventsRejected.Add(1)
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	for _, ev := range events {
-		if ev.Type == eventSubscriptionValidation {
-			if ev.ValidationCode == "" {
-				p.eventsRejected.Add(1)
-				http.Error(w, "validation event without validationCode", http.StatusBadRequest)
-				return
-			}
-			p.cfg.logger.Info("kvsecrets: Event Grid subscription validated")
-			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(map[string]string{"validationResponse": ev.ValidationCode})
-			return
-		}
 	}
 	for _, ev := range events {
 		p.eventsReceived.Add(1)
 		h.handle(ev)
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// cloudEventsHandshake answers CloudEvents' webhook validation (abuse
+// protection): an OPTIONS request naming its origin.
+func (h *eventGridHandler) cloudEventsHandshake(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("WebHook-Request-Origin")
+	if origin == "" {
+		h.p.eventsRejected.Add(1)
+		http.Error(w, "missing WebHook-Request-Origin", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("WebHook-Allowed-Origin", origin)
+	w.Header().Set("WebHook-Allowed-Rate", "*")
+	w.WriteHeader(http.StatusOK)
+}
+
+// readEvents reads and parses a delivery's body, answering 413 or 400 and
+// reporting false when it cannot.
+func (h *eventGridHandler) readEvents(w http.ResponseWriter, r *http.Request) ([]gridEvent, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEventBody))
+	if err != nil {
+		h.p.eventsRejected.Add(1)
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, "delivery larger than 1 MiB", http.StatusRequestEntityTooLarge)
+			return nil, false
+		}
+		http.Error(w, "unreadable body", http.StatusBadRequest)
+		return nil, false
+	}
+	events, err := parseEvents(body)
+	if err != nil {
+		h.p.eventsRejected.Add(1)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	return events, true
+}
+
+// subscriptionValidation answers Event Grid's subscription validation
+// event if the delivery holds one, reporting whether it did.
+func (h *eventGridHandler) subscriptionValidation(w http.ResponseWriter, events []gridEvent) bool {
+	for _, ev := range events {
+		if ev.Type != eventSubscriptionValidation {
+			continue
+		}
+		if ev.ValidationCode == "" {
+			h.p.eventsRejected.Add(1)
+			http.Error(w, "validation event without validationCode", http.StatusBadRequest)
+			return true
+		}
+		h.p.cfg.logger.Info("kvsecrets: Event Grid subscription validated")
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]string{"validationResponse": ev.ValidationCode})
+		return true
+	}
+	return false
 }
 
 func (h *eventGridHandler) authorized(r *http.Request) bool {

@@ -220,10 +220,7 @@ func parseSecretID(id string) (name, version string, ok bool) {
 // rotated forces an OnRotate call for a new version even if none was known
 // before (Rotate wrote it).
 func (p *Provider) apply(e *entry, seq uint64, got fetched, fetchErr error, rotated bool) (*state, *SecretError, []func()) {
-	sec := got.sec
 	now := time.Now()
-	log := p.cfg.logger
-	var after []func()
 	var serr *SecretError
 	var fail failure
 	if fetchErr != nil {
@@ -242,104 +239,127 @@ func (p *Provider) apply(e *entry, seq uint64, got fetched, fetchErr error, rota
 		// A newer read has already answered; this one is out of date.
 		return prev, serr, nil
 	}
-	latest := e.kind != kindPinned // refreshed in the background
 	var next *state
+	var after []func()
 	switch {
 	case fetchErr == nil:
-		next = valueState(got, now, seq, p.cfg.enforceValidity)
-		if e.kind == kindLatest && e.lastVersion != sec.Version && (e.lastVersion != "" || rotated) {
-			p.rotations.Add(1)
-			e.pending = append(e.pending, RotationEvent{
-				Vault: p.vaultURL, Name: sec.Name, OldVersion: e.lastVersion, NewVersion: sec.Version,
-				Secret: sec, Detected: now,
-			})
-			old := e.lastVersion
-			after = append(after, func() {
-				log.Info("kvsecrets: secret rotated", slog.String("secret", sec.Name),
-					slog.String("oldVersion", old), slog.String("newVersion", sec.Version))
-			})
-			if ve := e.verifier.Load(); ve != nil {
-				// Verify must accept the new key at once.
-				after = append(after, func() { p.startFlight(ve, flightForced, nil) })
-			}
-		}
-		e.lastVersion = sec.Version
-		e.failures = 0
-		if latest {
-			p.scheduleAt(e, p.nextRefresh(now, sec.Expires))
-		}
-		if exp := sec.Expires; e.kind != kindVerifier && !exp.IsZero() && e.warned != sec.Version && now.Add(p.cfg.expiryWarning).After(exp) {
-			e.warned = sec.Version
-			msg := "kvsecrets: secret expires soon; rotate it"
-			if !now.Before(exp) {
-				msg = "kvsecrets: secret has expired; rotate it"
-			}
-			after = append(after, func() {
-				log.Warn(msg, slog.String("secret", sec.Name), slog.String("version", sec.Version),
-					slog.Time("expires", exp))
-			})
-		}
-
+		next, after = p.applyValue(e, seq, got, now, rotated)
 	case fail.authoritative:
-		next = &state{err: fail.err, errUntil: now.Add(p.cfg.negativeTTL), seq: seq}
-		e.failures = 0
-		p.unschedule(e)
-		if prev.hasValue {
-			p.revocations.Add(1)
-			after = append(after, func() {
-				log.Warn("kvsecrets: cached secret dropped: the vault refused it",
-					slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
-			})
-		}
-
-	default: // transient
-		wasLoaded := prev.hasValue || (latest && e.lastVersion != "")
-		if wasLoaded {
-			p.refreshFailures.Add(1)
-		}
-		e.failures++
-		wait := p.backoff(e.failures, fail.retryAfter)
-		switch {
-		case prev.hasValue && now.Sub(prev.fetched) < p.cfg.maxStale:
-			next = prev.staleCopy(seq)
-			deadline := prev.fetched.Add(p.cfg.maxStale)
-			retry := now.Add(wait)
-			if deadline.Before(retry) {
-				retry = deadline
-			}
-			if latest {
-				p.scheduleAt(e, retry)
-			}
-			after = append(after, func() {
-				log.Warn("kvsecrets: refresh failed; serving the cached value",
-					slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err),
-					slog.Time("servedUntil", deadline), slog.Duration("retryIn", retry.Sub(now)))
-			})
-		case prev.hasValue:
-			p.staleDrops.Add(1)
-			next = &state{err: fail.err, seq: seq}
-			if latest {
-				p.scheduleAt(e, now.Add(wait))
-			}
-			after = append(after, func() {
-				log.Warn("kvsecrets: refresh failed past MaxStale; cached value dropped",
-					slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
-			})
-		default:
-			next = &state{err: fail.err, seq: seq}
-			if wasLoaded {
-				// Keep trying in the background, so that the secret comes
-				// back by itself when the vault does.
-				p.scheduleAt(e, now.Add(wait))
-			}
-			after = append(after, func() {
-				log.Warn("kvsecrets: reading secret failed",
-					slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
-			})
-		}
+		next, after = p.applyRefusal(e, seq, prev, fail, now)
+	default:
+		next, after = p.applyTransient(e, seq, prev, fail, now)
 	}
 	e.state.Store(next)
 	return next, serr, after
+}
+
+// applyValue is apply for a successful read: the new state, a rotation
+// event if the version changed, the next refresh and an expiry warning.
+// e.mu is held.
+func (p *Provider) applyValue(e *entry, seq uint64, got fetched, now time.Time, rotated bool) (*state, []func()) {
+	sec := got.sec
+	log := p.cfg.logger
+	var after []func()
+	next := valueState(got, now, seq, p.cfg.enforceValidity)
+	if e.kind == kindLatest && e.lastVersion != sec.Version && (e.lastVersion != "" || rotated) {
+		p.rotations.Add(1)
+		e.pending = append(e.pending, RotationEvent{
+			Vault: p.vaultURL, Name: sec.Name, OldVersion: e.lastVersion, NewVersion: sec.Version,
+			Secret: sec, Detected: now,
+		})
+		old := e.lastVersion
+		after = append(after, func() {
+			log.Info("kvsecrets: secret rotated", slog.String("secret", sec.Name),
+				slog.String("oldVersion", old), slog.String("newVersion", sec.Version))
+		})
+		if ve := e.verifier.Load(); ve != nil {
+			// Verify must accept the new key at once.
+			after = append(after, func() { p.startFlight(ve, flightForced, nil) })
+		}
+	}
+	e.lastVersion = sec.Version
+	e.failures = 0
+	if e.kind != kindPinned {
+		p.scheduleAt(e, p.nextRefresh(now, sec.Expires))
+	}
+	if exp := sec.Expires; e.kind != kindVerifier && !exp.IsZero() && e.warned != sec.Version && now.Add(p.cfg.expiryWarning).After(exp) {
+		e.warned = sec.Version
+		msg := "kvsecrets: secret expires soon; rotate it"
+		if !now.Before(exp) {
+			msg = "kvsecrets: secret has expired; rotate it"
+		}
+		after = append(after, func() {
+			log.Warn(msg, slog.String("secret", sec.Name), slog.String("version", sec.Version),
+				slog.Time("expires", exp))
+		})
+	}
+	return next, after
+}
+
+// applyRefusal is apply for an authoritative refusal (not found, disabled,
+// forbidden): the value is dropped at once and the answer remembered for
+// NegativeTTL. e.mu is held.
+func (p *Provider) applyRefusal(e *entry, seq uint64, prev *state, fail failure, now time.Time) (*state, []func()) {
+	next := &state{err: fail.err, errUntil: now.Add(p.cfg.negativeTTL), seq: seq}
+	e.failures = 0
+	p.unschedule(e)
+	if !prev.hasValue {
+		return next, nil
+	}
+	p.revocations.Add(1)
+	return next, []func(){func() {
+		p.cfg.logger.Warn("kvsecrets: cached secret dropped: the vault refused it",
+			slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
+	}}
+}
+
+// applyTransient is apply for a failure worth retrying: a cached value is
+// served stale up to MaxStale, and a secret that was loaded is retried in
+// the background with backoff. e.mu is held.
+func (p *Provider) applyTransient(e *entry, seq uint64, prev *state, fail failure, now time.Time) (*state, []func()) {
+	log := p.cfg.logger
+	latest := e.kind != kindPinned // refreshed in the background
+	wasLoaded := prev.hasValue || (latest && e.lastVersion != "")
+	if wasLoaded {
+		p.refreshFailures.Add(1)
+	}
+	e.failures++
+	wait := p.backoff(e.failures, fail.retryAfter)
+	switch {
+	case prev.hasValue && now.Sub(prev.fetched) < p.cfg.maxStale:
+		deadline := prev.fetched.Add(p.cfg.maxStale)
+		retry := now.Add(wait)
+		if deadline.Before(retry) {
+			retry = deadline
+		}
+		if latest {
+			p.scheduleAt(e, retry)
+		}
+		return prev.staleCopy(seq), []func(){func() {
+			log.Warn("kvsecrets: refresh failed; serving the cached value",
+				slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err),
+				slog.Time("servedUntil", deadline), slog.Duration("retryIn", retry.Sub(now)))
+		}}
+	case prev.hasValue:
+		p.staleDrops.Add(1)
+		if latest {
+			p.scheduleAt(e, now.Add(wait))
+		}
+		return &state{err: fail.err, seq: seq}, []func(){func() {
+			log.Warn("kvsecrets: refresh failed past MaxStale; cached value dropped",
+				slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
+		}}
+	default:
+		if wasLoaded {
+			// Keep trying in the background, so that the secret comes
+			// back by itself when the vault does.
+			p.scheduleAt(e, now.Add(wait))
+		}
+		return &state{err: fail.err, seq: seq}, []func(){func() {
+			log.Warn("kvsecrets: reading secret failed",
+				slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
+		}}
+	}
 }
 
 // dropIfTooStale drops a stale value whose MaxStale has passed. The
