@@ -170,7 +170,7 @@ func fromSDK(name, version string, s azsecrets.Secret) (Secret, error) {
 	if s.Value == nil {
 		return Secret{}, errNoValue
 	}
-	out := Secret{Name: name, Version: version, value: redacted(*s.Value)}
+	out := Secret{Name: name, Version: version, value: newRedacted(*s.Value)}
 	if s.ID != nil {
 		if name, version, ok := parseSecretID(string(*s.ID)); ok {
 			out.Name, out.Version = name, version

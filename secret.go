@@ -14,7 +14,10 @@ import (
 // The value is unexported and read with [Secret.Value]. Every way of printing
 // a Secret — String, GoString, Format with any verb, LogValue for log/slog and
 // MarshalJSON — shows its metadata and hides the value, so a Secret can be
-// logged or dumped safely.
+// logged or dumped safely. The value is held behind a pointer, so that where
+// fmt cannot call those methods (a Secret in an unexported field of your
+// struct, the %p verb) and prints fields by reflection, it prints an
+// address, never the value.
 type Secret struct {
 	Name        string            // as the vault spells it
 	Version     string            // the version id
@@ -25,7 +28,7 @@ type Secret struct {
 	Created     time.Time         // zero when unknown
 	Updated     time.Time         // zero when unknown
 
-	value redacted
+	value *redacted // nil in the zero Secret
 }
 
 // redacted holds a secret value. Its own printing methods hide it too, as a
@@ -42,7 +45,18 @@ func (redacted) MarshalJSON() ([]byte, error)  { return []byte(`"` + redactedTex
 func (redacted) MarshalText() ([]byte, error)  { return []byte(redactedText), nil }
 
 // Value returns the secret's value.
-func (s Secret) Value() string { return string(s.value) }
+func (s Secret) Value() string {
+	if s.value == nil {
+		return ""
+	}
+	return string(*s.value)
+}
+
+// newRedacted holds v behind a pointer.
+func newRedacted(v string) *redacted {
+	r := redacted(v)
+	return &r
+}
 
 // String describes the secret without its value.
 func (s Secret) String() string {

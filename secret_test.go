@@ -21,15 +21,37 @@ const knownValue = "hunter2_THE+VALUE/="
 
 func TestSecretNeverRevealsItsValue(t *testing.T) {
 	s := Secret{Name: "MyApiKey", Version: "abc", ContentType: "text/plain", Tags: map[string]string{"env": "prod"},
-		Expires: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), value: knownValue}
+		Expires: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), value: newRedacted(knownValue)}
 	ev := RotationEvent{Name: "MyApiKey", OldVersion: "a", NewVersion: "b", Secret: s}
-	var outs []string
-	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T %v", "%10.3s", "%-v"} {
-		outs = append(outs, fmt.Sprintf(verb, s), fmt.Sprintf(verb, &s), fmt.Sprintf(verb, ev),
-			fmt.Sprintf(verb, []Secret{s}), fmt.Sprintf(verb, map[string]Secret{"k": s}), fmt.Sprintf(verb, s.value))
+	// Applications' structs: fmt cannot call methods on unexported fields
+	// and prints them by reflection.
+	type appExported struct {
+		Key    Secret
+		Keys   []Secret
+		ByName map[string]Secret
+		Event  RotationEvent
+		Ptr    *Secret
 	}
-	outs = append(outs, s.String(), s.GoString(), fmt.Sprint(s), fmt.Sprintln(s, ev))
-	for _, v := range []any{s, &s, ev, []Secret{s}, map[string]any{"s": s}} {
+	type appUnexported struct {
+		key    Secret
+		keys   []Secret
+		byName map[string]Secret
+		event  RotationEvent
+		ptr    *Secret
+		nested appExported
+	}
+	exp := appExported{Key: s, Keys: []Secret{s}, ByName: map[string]Secret{"k": s}, Event: ev, Ptr: &s}
+	unexp := appUnexported{key: s, keys: []Secret{s}, byName: map[string]Secret{"k": s}, event: ev, ptr: &s, nested: exp}
+	values := []any{s, &s, ev, &ev, []Secret{s}, map[string]Secret{"k": s}, []*Secret{&s}, s.value,
+		exp, &exp, unexp, &unexp, []appUnexported{unexp}, map[string]appUnexported{"k": unexp}, struct{ any }{unexp}}
+	var outs []string
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%p", "%T %v", "%10.3s", "%-v", "%#x", "% x", "%U", "%c", "%b", "%o", "%e"} {
+		for _, v := range values {
+			outs = append(outs, fmt.Sprintf(verb, v))
+		}
+	}
+	outs = append(outs, s.String(), s.GoString(), fmt.Sprint(s, unexp), fmt.Sprintln(s, ev, unexp))
+	for _, v := range []any{s, &s, ev, []Secret{s}, map[string]any{"s": s}, exp, unexp} {
 		b, err := json.Marshal(v)
 		if err != nil {
 			t.Fatal(err)
@@ -39,18 +61,21 @@ func TestSecretNeverRevealsItsValue(t *testing.T) {
 	var buf bytes.Buffer
 	for _, h := range []slog.Handler{slog.NewJSONHandler(&buf, nil), slog.NewTextHandler(&buf, nil)} {
 		l := slog.New(h)
-		l.Info("msg", "secret", s, "ptr", &s, "event", ev, "any", slog.AnyValue(s), "list", []Secret{s}, "raw", s.value)
+		l.Info("msg", "secret", s, "ptr", &s, "event", ev, "any", slog.AnyValue(s), "list", []Secret{s}, "raw", s.value,
+			"app", exp, "appPtr", &exp, "private", unexp, "privatePtr", &unexp)
 	}
 	outs = append(outs, buf.String())
+	hexLower, hexUpper := fmt.Sprintf("%x", knownValue), fmt.Sprintf("%X", knownValue)
 	for _, o := range outs {
-		if strings.Contains(o, knownValue) || strings.Contains(o, fmt.Sprintf("%x", knownValue)) {
+		if strings.Contains(o, knownValue) || strings.Contains(o, hexLower) || strings.Contains(o, hexUpper) ||
+			strings.Contains(o, "hunter2") {
 			t.Fatalf("value revealed: %s", o)
 		}
 	}
 	if !strings.Contains(s.String(), "MyApiKey") || !strings.Contains(buf.String(), "MyApiKey") {
 		t.Fatalf("metadata missing: %s / %s", s.String(), buf.String())
 	}
-	if s.Value() != knownValue {
+	if s.Value() != knownValue || (Secret{}).Value() != "" {
 		t.Fatal("Value() does not return the value")
 	}
 }

@@ -141,14 +141,14 @@ func (p *Provider) Get(ctx context.Context, name string) (string, error) {
 	if e := (*p.idx.read.Load())[name]; e != nil {
 		if st := e.state.Load(); st.ready && !p.closed.Load() {
 			p.hits.inc()
-			return string(st.secret.value), nil
+			return st.secret.Value(), nil
 		}
 	}
 	st, err := p.getSlow(ctx, name)
 	if err != nil {
 		return "", err
 	}
-	return string(st.secret.value), nil
+	return st.secret.Value(), nil
 }
 
 // GetSecret is [Provider.Get] with the secret's metadata. Its Tags map is a

@@ -64,7 +64,7 @@ func (p *Provider) Verify(ctx context.Context, name, presented string) (Secret, 
 func matchKey(st *state, presented string) (Secret, error) {
 	found := -1
 	for i := range st.accepted {
-		if constantTimeEqual(string(st.accepted[i].value), presented) && found < 0 {
+		if constantTimeEqual(st.accepted[i].Value(), presented) && found < 0 {
 			found = i
 		}
 	}
