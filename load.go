@@ -280,7 +280,9 @@ func (f *loadField) decode(s Secret) (reflect.Value, error) {
 	return reflect.Value{}, errors.New("kvsecrets: internal error: unknown field kind")
 }
 
-// jsonError describes a JSON decoding failure by position and types only.
+// jsonError describes a JSON decoding failure by position, JSON kind, target
+// type and path only: never a part of the input (numbers, strings, map keys)
+// nor of the decoder's message.
 func jsonError(t reflect.Type, err error) error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
@@ -288,13 +290,83 @@ func jsonError(t reflect.Type, err error) error {
 	case errors.As(err, &syn):
 		return &withheldError{what: fmt.Sprintf("the secret is not valid JSON (at byte %d)", syn.Offset), err: err}
 	case errors.As(err, &typ):
-		where := typ.Field
-		if where == "" {
-			where = "the value"
+		where := "the value"
+		if typ.Field != "" {
+			where = jsonPath(t, typ.Field)
 		}
-		return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded into %v", typ.Value, where, typ.Type), err: err}
+		kind, _, _ := strings.Cut(typ.Value, " ") // "number 123" -> "number"
+		switch kind {
+		case "array", "bool", "null", "number", "object", "string":
+		default:
+			kind = "value"
+		}
+		return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded into %v", kind, where, typ.Type), err: err}
 	}
 	return &withheldError{what: fmt.Sprintf("the secret cannot be decoded as JSON into %v", t), err: err}
+}
+
+// jsonPath rewrites the dotted path of a JSON decoding error
+// ("DB.Keys.sk_live_1") with names from t alone: struct fields by their
+// JSON names, map keys as "[key]", and anything else as "?", since the
+// decoder's path holds map keys, which are input.
+func jsonPath(t reflect.Type, path string) string {
+	var out []string
+	for part := range strings.SplitSeq(path, ".") {
+		for t != nil && (t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			t = t.Elem()
+		}
+		switch {
+		case t != nil && t.Kind() == reflect.Map:
+			out = append(out, "[key]")
+			t = t.Elem()
+		case t != nil && t.Kind() == reflect.Struct:
+			name, ft, ok := jsonField(t, part)
+			if !ok {
+				return strings.Join(append(out, "?"), ".")
+			}
+			out = append(out, name)
+			t = ft
+		default:
+			return strings.Join(append(out, "?"), ".")
+		}
+	}
+	return strings.Join(out, ".")
+}
+
+// jsonField finds the field of struct t that encoding/json decodes the key
+// name into (its tag's name, or its Go name, case-insensitively; embedded
+// structs included) and returns that JSON name and the field's type.
+func jsonField(t reflect.Type, name string) (string, reflect.Type, bool) {
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		tag := sf.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		jname, _, _ := strings.Cut(tag, ",")
+		if jname == "" && sf.Anonymous {
+			et := sf.Type
+			if et.Kind() == reflect.Pointer {
+				et = et.Elem()
+			}
+			if et.Kind() == reflect.Struct {
+				if n, ft, ok := jsonField(et, name); ok {
+					return n, ft, true
+				}
+			}
+			continue
+		}
+		if !sf.IsExported() {
+			continue
+		}
+		if jname == "" {
+			jname = sf.Name
+		}
+		if strings.EqualFold(jname, name) {
+			return jname, sf.Type, true
+		}
+	}
+	return "", nil, false
 }
 
 // withheldError describes a failure without the cause's message, which may

@@ -395,3 +395,76 @@ func BenchmarkLoad50At100ms(b *testing.B) {
 		}
 	})
 }
+
+// TestLoadJSONErrorsQuoteNoInput decodes hostile JSON secrets into typed
+// fields: every error names the field, the secret, the JSON kind, the target
+// type and a path made of the type's own names, and holds no part of the
+// input (numbers, strings, map keys) nor the decoder's message.
+func TestLoadJSONErrorsQuoteNoInput(t *testing.T) {
+	type inner struct {
+		Limit int8 `json:"limit"`
+	}
+	type embedded struct {
+		Region string `json:"region"`
+	}
+	type target struct {
+		embedded
+		Port    int32            `json:"port"`
+		Hosts   []string         `json:"hosts"`
+		Keys    map[string]int   `json:"keys"`
+		Nested  map[string]inner `json:"nested"`
+		Retries uint             `json:"retries"`
+	}
+	cases := []struct {
+		json      string
+		want      string   // in the error
+		forbidden []string // never in the error
+	}{
+		{`31415926535897932384626`, "JSON number at the value cannot be decoded into kvsecrets.target", []string{"31415926535897932384626"}},
+		{`{"port": 99999999999}`, "JSON number at port cannot be decoded into int32", []string{"99999999999"}},
+		{`{"keys": {"sk_live_SECRETKEY": "sk_live_OTHER"}}`, "JSON string at keys cannot be decoded into int", []string{"sk_live"}},
+		{`{"nested": {"sk_live_SECRETKEY": {"limit": 4096}}}`, "JSON number at nested.[key] cannot be decoded into int8", []string{"sk_live", "4096"}},
+		{`{"hosts": [1234567]}`, "JSON number at hosts cannot be decoded into string", []string{"1234567"}},
+		{`{"retries": -271828}`, "JSON number at retries cannot be decoded into uint", []string{"271828"}},
+		{`{"region": true}`, "JSON bool at region cannot be decoded into string", nil},
+		{`{"unknownField_sk_live_X": 1, "port": "sk_live_Y"}`, "JSON string at port cannot be decoded into int32", []string{"sk_live"}},
+		{`{"port": 1, "sk_live_trailing": `, "not valid JSON", []string{"sk_live"}},
+		{`{"sk_live_SECRET" 1}`, "not valid JSON", []string{"sk_live"}},
+		{`"\u00e9sk_live_\x"`, "not valid JSON", []string{"sk_live"}},
+	}
+	for _, c := range cases {
+		synctest.Test(t, func(t *testing.T) {
+			v := newFakeVault()
+			v.set("Config", c.json)
+			p := v.newProvider(t, nil)
+			var dst struct {
+				Config target `keyvault:"Config,json"`
+			}
+			err := p.Load(context.Background(), &dst)
+			if err == nil {
+				t.Fatalf("%s: Load succeeded", c.json)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, `Config (secret "Config")`) || !strings.Contains(msg, c.want) {
+				t.Errorf("%s: error %q lacks %q", c.json, msg, c.want)
+			}
+			for _, f := range append(c.forbidden, "json:", "invalid character", "Go value", "Go struct field") {
+				if strings.Contains(msg, f) {
+					t.Errorf("%s: error quotes %q: %s", c.json, f, msg)
+				}
+			}
+		})
+	}
+	// Unknown fields are ignored, as encoding/json does: no error to leak.
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("Config", `{"sk_live_unknown": "x", "port": 5432}`)
+		p := v.newProvider(t, nil)
+		var dst struct {
+			Config target `keyvault:"Config,json"`
+		}
+		if err := p.Load(context.Background(), &dst); err != nil || dst.Config.Port != 5432 {
+			t.Fatalf("Load = %v, port %d", err, dst.Config.Port)
+		}
+	})
+}
