@@ -350,6 +350,9 @@ func jsonField(t reflect.Type, name string) (string, reflect.Type, bool) {
 				et = et.Elem()
 			}
 			if et.Kind() == reflect.Struct {
+				if strings.EqualFold(sf.Name, name) {
+					return sf.Name, et, true // the decoder names the embedded struct too
+				}
 				if n, ft, ok := jsonField(et, name); ok {
 					return n, ft, true
 				}

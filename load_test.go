@@ -426,7 +426,7 @@ func TestLoadJSONErrorsQuoteNoInput(t *testing.T) {
 		{`{"nested": {"sk_live_SECRETKEY": {"limit": 4096}}}`, "JSON number at nested.[key] cannot be decoded into int8", []string{"sk_live", "4096"}},
 		{`{"hosts": [1234567]}`, "JSON number at hosts cannot be decoded into string", []string{"1234567"}},
 		{`{"retries": -271828}`, "JSON number at retries cannot be decoded into uint", []string{"271828"}},
-		{`{"region": true}`, "JSON bool at region cannot be decoded into string", nil},
+		{`{"region": true}`, "JSON bool at embedded.region cannot be decoded into string", nil},
 		{`{"unknownField_sk_live_X": 1, "port": "sk_live_Y"}`, "JSON string at port cannot be decoded into int32", []string{"sk_live"}},
 		{`{"port": 1, "sk_live_trailing": `, "not valid JSON", []string{"sk_live"}},
 		{`{"sk_live_SECRET" 1}`, "not valid JSON", []string{"sk_live"}},
