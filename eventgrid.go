@@ -273,7 +273,7 @@ func (h *eventGridHandler) callOnNearExpiry(ev ExpiryEvent) {
 				slog.String("panic", fmt.Sprintf("%T", r)), slog.String("stack", string(debug.Stack())))
 		}
 	}()
-	h.opts.OnNearExpiry(ev)
+	runCallback(func() { h.opts.OnNearExpiry(ev) })
 }
 
 // refresh starts a refresh of e now, or folds it into one at the end of

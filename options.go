@@ -130,7 +130,8 @@ type Options struct {
 	// version (not on its first load). It runs outside every lock, on a
 	// background goroutine or in the caller of Refresh; calls for one secret
 	// come in order, calls for different secrets may run concurrently. A
-	// panic is recovered and logged. It must not call Close.
+	// panic is recovered and logged. Calling Close from it stops the Provider
+	// without waiting (see [Provider.Close]).
 	OnRotate func(RotationEvent)
 
 	// Logger receives Warn logs for failed refreshes, stale serves,

@@ -458,7 +458,7 @@ func (p *Provider) callOnRotate(ev RotationEvent) {
 				slog.String("panic", fmt.Sprintf("%T", r)), slog.String("stack", string(debug.Stack())))
 		}
 	}()
-	p.cfg.onRotate(ev)
+	runCallback(func() { p.cfg.onRotate(ev) })
 }
 
 // scheduler runs background refreshes at their due times: one goroutine

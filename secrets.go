@@ -425,7 +425,15 @@ func (p *Provider) Stats() Stats {
 // Close stops every background refresh and waits for the Provider's
 // goroutines to end; reads in flight are canceled. Calls after Close return
 // ErrClosed. Close is safe to call more than once; it always returns nil.
+//
+// Called from inside Options.OnRotate or EventGridOptions.OnNearExpiry,
+// Close stops the Provider the same way but does not wait: the goroutine
+// making the callback may be one of the Provider's own, which would then
+// wait for itself. It, and any read still in flight, end on their own once
+// the callback returns, starting nothing new; a later Close from outside a
+// callback waits for them.
 func (p *Provider) Close() error {
+	wait := !inCallback()
 	p.mu.Lock()
 	first := !p.closing
 	p.closing = true
@@ -438,7 +446,9 @@ func (p *Provider) Close() error {
 			o.Close()
 		}
 	}
-	p.wg.Wait()
+	if wait {
+		p.wg.Wait()
+	}
 	if first {
 		// Let the cached values be collected.
 		p.idx.mu.Lock()
