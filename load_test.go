@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -82,8 +83,24 @@ func FuzzParseRef(f *testing.F) {
 		if r.host == "" && strings.Contains(s, "/") {
 			t.Fatalf("parseRef(%q) lost the host", s)
 		}
+		// The invariant that guards the token: whatever a Provider accepts
+		// sends it only to its own host, a host it was given explicitly, or
+		// a Key Vault DNS name (checked here independently of hostAllowed).
+		p := &Provider{host: "own.example:8443", cfg: config{allowedHosts: []string{"127.0.0.1:8443"}}}
+		pr, err := p.parseRef(s)
+		if err != nil {
+			return
+		}
+		host := pr.host
+		if host != "" && host != "127.0.0.1:8443" && !vaultHostPattern.MatchString(host) {
+			t.Fatalf("Resolve(%q) would send the token to %q", s, host)
+		}
 	})
 }
+
+// vaultHostPattern is what a Key Vault host looks like: a vault name of 3-24
+// letters, digits and '-' under one of the DNS suffixes, with no port.
+var vaultHostPattern = regexp.MustCompile(`^[a-z0-9-]{3,24}\.(vault\.azure\.net|vault\.azure\.cn|vault\.usgovcloudapi\.net|vault\.microsoftazure\.de|managedhsm\.azure\.net)$`)
 
 func TestHostAllowList(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {

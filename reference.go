@@ -180,6 +180,14 @@ func hostAllowed(host string, allowed []string) bool {
 	return false
 }
 
+// IsVaultHost reports whether host, a URL's host, is a Key Vault or Managed
+// HSM DNS name: a valid vault name under one of Key Vault's DNS suffixes
+// (public and sovereign clouds), without a port. These are the hosts a
+// reference may name without Options.AllowedVaultHosts; a tool that takes
+// a vault from a reference (cmd/kvenv does) checks it with IsVaultHost
+// before sending a token there.
+func IsVaultHost(host string) bool { return hostAllowed(strings.ToLower(host), nil) }
+
 // vaultSuffixOf returns the Key Vault DNS suffix of host, or the public
 // cloud's when host is not under one.
 func vaultSuffixOf(host string) string {

@@ -18,7 +18,12 @@
 // vault of cmd/kvlocal:
 //
 //	KVLOCAL_TOKEN=<token kvlocal printed> kvenv -vault https://127.0.0.1:8443/ \
-//	    -ca-file kvlocal-ca.pem -token-env KVLOCAL_TOKEN -no-challenge-verification -- ./server
+//	    -ca-file /tmp/kvlocal-ca.pem -token-env KVLOCAL_TOKEN -no-challenge-verification -- ./server
+//
+// A vault taken from the first reference (without -vault or
+// AZURE_KEYVAULT_URL) must be a Key Vault host (or -allow-host), and
+// -token-env and -no-challenge-verification need an explicit -vault, so
+// that a reference never gets the token sent to a host of its choosing.
 package main
 
 import (
@@ -30,8 +35,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -78,10 +85,10 @@ func (s staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azco
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) (*execPlan, int) {
 	fs := flag.NewFlagSet("kvenv", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	vault := fs.String("vault", "", "vault URL of the Provider (default $AZURE_KEYVAULT_URL, else the first reference's vault)")
+	vault := fs.String("vault", "", "vault URL of the Provider (default $AZURE_KEYVAULT_URL, else the first reference's vault if it is a Key Vault host)")
 	caFile := fs.String("ca-file", "", "PEM file of an extra CA certificate to trust (cmd/kvlocal's)")
-	tokenEnv := fs.String("token-env", "", "name of a variable holding a bearer token to use instead of DefaultAzureCredential (removed from the command's environment)")
-	noVerify := fs.Bool("no-challenge-verification", false, "accept a challenge from a host outside vault.azure.net (cmd/kvlocal on 127.0.0.1)")
+	tokenEnv := fs.String("token-env", "", "name of a variable holding a bearer token to use instead of DefaultAzureCredential (removed from the command's environment; needs -vault)")
+	noVerify := fs.Bool("no-challenge-verification", false, "accept a challenge from a host outside vault.azure.net (cmd/kvlocal on 127.0.0.1; needs -vault)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on resolving every reference")
 	var allow listFlag
 	fs.Var(&allow, "allow-host", "host[:port] references may name besides Key Vault's DNS suffixes (repeatable)")
@@ -90,6 +97,12 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		return nil, 2
+	}
+	if (*tokenEnv != "" || *noVerify) && *vault == "" {
+		// Both loosen what protects the token; the host they apply to must be
+		// one the user named, not one taken from a reference.
+		fmt.Fprintln(stderr, "kvenv: -token-env and -no-challenge-verification need an explicit -vault")
 		return nil, 2
 	}
 	command := fs.Args()
@@ -146,7 +159,13 @@ func resolve(ctx context.Context, environ []string, vault, firstVault, caFile, t
 	if vault == "" {
 		vault = lookup(environ, "AZURE_KEYVAULT_URL")
 	}
-	if vault == "" {
+	if vault == "" && firstVault != "" {
+		// A vault taken from a reference gets the token like any other host
+		// a reference names: only if it is a Key Vault host or allowed.
+		u, err := url.Parse(firstVault)
+		if err != nil || !(kvsecrets.IsVaultHost(u.Host) || slices.ContainsFunc(allow, func(a string) bool { return strings.EqualFold(a, u.Host) })) {
+			return nil, errors.New("the first reference's vault is not a Key Vault host: pass -vault, or -allow-host for it")
+		}
 		vault = firstVault
 	}
 	if vault == "" {

@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,5 +195,70 @@ func TestKvenvUsage(t *testing.T) {
 	plan, code := run(context.Background(), []string{"--", "definitely-not-a-command-xyz"}, []string{"PATH=/usr/bin"}, &bytes.Buffer{}, &bytes.Buffer{})
 	if plan != nil || code != 127 {
 		t.Fatalf("unknown command: %v %d", plan, code)
+	}
+}
+
+// TestKvenvSendsNoTokenToAHostOfTheReferencesChoosing points a reference at
+// an HTTPS server on loopback that answers like Key Vault and records
+// Authorization headers. Without an explicit -vault, kvenv refuses to take
+// that host as its vault and refuses -token-env and
+// -no-challenge-verification, and the server receives nothing; with the
+// host given explicitly (the control), the token does reach it.
+func TestKvenvSendsNoTokenToAHostOfTheReferencesChoosing(t *testing.T) {
+	var mu sync.Mutex
+	var hits int
+	var auth []string
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		if a := r.Header.Get("Authorization"); a != "" {
+			auth = append(auth, a)
+		}
+		mu.Unlock()
+		if r.Header.Get("Authorization") == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer authorization="https://login.microsoftonline.com/t", resource="https://example.com"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"value":"stolen","id":"https://` + r.Host + `/secrets/x/0123456789abcdef0123456789abcdef"}`))
+	}))
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	hostile := srv.URL + "/" // https://127.0.0.1:PORT/
+	env := []string{"PATH=" + os.Getenv("PATH"), "TOK=the-token", "AZURE_CLIENT_ID=", "DB_PASSWORD=@Microsoft.KeyVault(SecretUri=" + hostile + "secrets/x)"}
+
+	for _, args := range [][]string{
+		{"-token-env", "TOK", "-ca-file", ca, "--", "true"},
+		{"-token-env", "TOK", "-no-challenge-verification", "-ca-file", ca, "--", "true"},
+		{"-no-challenge-verification", "-ca-file", ca, "--", "true"},
+		{"-ca-file", ca, "--", "true"},
+		{"-ca-file", ca, "-allow-host", "evil.example.com", "--", "true"},
+	} {
+		var stderr bytes.Buffer
+		plan, code := run(t.Context(), args, env, &bytes.Buffer{}, &stderr)
+		if plan != nil || code == 0 {
+			t.Errorf("kvenv %q: ran the command (exit %d)", args, code)
+		}
+		if strings.Contains(stderr.String(), "the-token") || strings.Contains(stderr.String(), "stolen") {
+			t.Errorf("kvenv %q: stderr reveals the token or a value: %s", args, stderr.String())
+		}
+	}
+	mu.Lock()
+	if hits != 0 || len(auth) != 0 {
+		t.Fatalf("the reference's host received %d requests, Authorization %q", hits, auth)
+	}
+	mu.Unlock()
+
+	// Control: named explicitly with -vault, the same host gets the token.
+	plan, code := run(t.Context(), []string{"-vault", hostile, "-token-env", "TOK", "-no-challenge-verification", "-ca-file", ca, "--", "true"}, env, &bytes.Buffer{}, &bytes.Buffer{})
+	if plan == nil || code != 0 {
+		t.Fatalf("control: exit %d", code)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(auth) != 1 || auth[0] != "Bearer the-token" {
+		t.Fatalf("control: the host received Authorization %q, want the token once", auth)
 	}
 }
