@@ -2,6 +2,7 @@ package kvsecrets
 
 import (
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,8 +27,12 @@ type state struct {
 	fetched  time.Time // when the value was last read successfully
 
 	// For a Verify key set: the versions a presented key may match, the
-	// latest first, and the error a mismatch returns (made once).
+	// latest first, when each may match (checked against the clock when a
+	// key is presented, if bounded is set), and the error a mismatch
+	// returns (made once).
 	accepted []Secret
+	windows  []keyWindow
+	bounded  bool
 	mismatch *SecretError
 
 	err      *SecretError // without a value: the last answer, if any
@@ -36,14 +41,27 @@ type state struct {
 	seq uint64 // the fetch that produced this state; older fetches never overwrite newer ones
 }
 
+// keyWindow is when an accepted version may match a presented key: from its
+// nbf, until the earlier of its exp and the end of its overlap. Zero times
+// are open ends.
+type keyWindow struct{ from, until time.Time }
+
+// open reports whether now is inside w.
+func (w keyWindow) open(now time.Time) bool {
+	return (w.from.IsZero() || !now.Before(w.from)) && (w.until.IsZero() || now.Before(w.until))
+}
+
 // emptyState is the state of an entry that has never been read.
 var emptyState = &state{}
 
 func valueState(f fetched, at time.Time, seq uint64, enforceValidity bool) *state {
 	s := f.sec
-	st := &state{secret: s, hasValue: true, fetched: at, seq: seq, accepted: f.accepted}
+	st := &state{secret: s, hasValue: true, fetched: at, seq: seq, accepted: f.accepted, windows: f.windows}
 	if f.accepted != nil {
 		st.mismatch = &SecretError{Name: s.Name, Kind: ErrMismatch}
+		for _, w := range f.windows {
+			st.bounded = st.bounded || w != (keyWindow{})
+		}
 	}
 	st.validity = enforceValidity && (!s.NotBefore.IsZero() || !s.Expires.IsZero())
 	st.ready = !st.validity
@@ -104,7 +122,8 @@ const (
 // fetched is what one read of the vault returns for an entry.
 type fetched struct {
 	sec      Secret
-	accepted []Secret // kindVerifier only
+	accepted []Secret    // kindVerifier only
+	windows  []keyWindow // kindVerifier only: accepted[i] matches within windows[i]
 }
 
 // entry is one cached secret: the latest version of a name, a pinned
@@ -122,6 +141,7 @@ type entry struct {
 	// copy-on-write under mu; verifier its Verify key set, once used.
 	versions atomic.Pointer[map[string]*entry]
 	verifier atomic.Pointer[entry]
+	parent   *entry // of a pinned version or key set: the latest entry of its name
 
 	mu          sync.Mutex // guards the fields below; never held across I/O or callbacks
 	flights     [numFlights]*flight
@@ -133,6 +153,7 @@ type entry struct {
 	draining    bool            // a goroutine is making the pending calls
 	aliases     int             // other spellings of the name in the index
 	eventAt     time.Time       // when the last event-driven refresh started, or is planned
+	history     []string        // latest entry: versions seen as the latest, oldest first (at most maxHistory)
 
 	schedGen uint64 // guarded by scheduler.mu: only the newest schedule counts
 }
@@ -149,6 +170,7 @@ func (e *entry) keySet() (ve *entry, created bool) {
 		return ve, false
 	}
 	ve = newEntry(kindVerifier, e.name, e.canon, "")
+	ve.parent = e
 	if e.verifier.CompareAndSwap(nil, ve) {
 		return ve, true
 	}
@@ -175,9 +197,30 @@ func (e *entry) pinned(version string) (pe *entry, created bool) {
 		m = maps.Clone(*old)
 	}
 	pe = newEntry(kindPinned, e.name, e.canon, version)
+	pe.parent = e
 	m[version] = pe
 	e.versions.Store(&m)
 	return pe, true
+}
+
+// maxHistory bounds entry.history.
+const maxHistory = 16
+
+// noteLatest records that version was seen as the latest of e's name.
+// e.mu must be held.
+func (e *entry) noteLatest(version string) {
+	if n := len(e.history); n > 0 && e.history[n-1] == version {
+		return
+	}
+	if i := slices.Index(e.history, version); i >= 0 {
+		// Seen before and again now: a rollback, or a stale answer. Its
+		// first sighting is what orders it.
+		return
+	}
+	if len(e.history) == maxHistory {
+		e.history = slices.Delete(e.history, 0, 1)
+	}
+	e.history = append(e.history, version)
 }
 
 // maxAliases bounds how many other spellings of one name get a fast-path

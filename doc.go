@@ -41,7 +41,9 @@
 // default) and serves it at once; [GenerateAPIKey] makes strong keys.
 // [Provider.Verify] checks a presented key in constant time against the
 // latest version and, for Options.VerifyOverlap after a rotation, the
-// versions it replaced. [Provider.EventGridHandler] serves an Event Grid
+// versions it replaced, each within its nbf and exp at the moment the key
+// is presented; any read that finds the secret deleted, disabled or
+// forbidden stops it at once. [Provider.EventGridHandler] serves an Event Grid
 // webhook so that rotations made elsewhere reach every instance in
 // seconds.
 //

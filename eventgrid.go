@@ -79,8 +79,9 @@ type ExpiryEvent struct {
 // It answers the subscription validation of both schemas (Event Grid's
 // SubscriptionValidationEvent, CloudEvents' OPTIONS handshake), and
 // accepts deliveries in either schema, single or batched. For this vault's
-// secrets that the Provider caches, SecretNewVersionCreated (of a version
-// other than the cached one) and SecretExpired start a refresh; the event
+// secrets that the Provider caches (through Get or Verify),
+// SecretNewVersionCreated (of a version other than the cached one) and
+// SecretExpired start a refresh; the event
 // is only a trigger, values always come from the vault. SecretNearExpiry is
 // logged at Warn and passed to OnNearExpiry. Everything else — other
 // vaults, keys and certificates, secrets not cached — is acknowledged and
@@ -249,11 +250,22 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 	if e == nil {
 		return // not cached here
 	}
+	target := e
 	e.mu.Lock()
 	known := e.lastVersion
 	e.mu.Unlock()
 	if known == "" {
-		return // never loaded: the next Get reads the vault anyway
+		// Not read through Get: through Verify only, or not at all (then
+		// the next read goes to the vault anyway).
+		ve := e.verifier.Load()
+		if ve == nil {
+			return
+		}
+		st := ve.state.Load()
+		if !st.hasValue {
+			return
+		}
+		target, known = ve, st.secret.Version
 	}
 	if ev.Type == EventSecretNewVersionCreated && version != "" && strings.EqualFold(version, known) {
 		return // already serving it: a replay, or our own rotation
@@ -261,7 +273,7 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 	p.eventsActedOn.Add(1)
 	p.cfg.logger.Info("kvsecrets: Event Grid: refreshing secret",
 		slog.String("secret", name), slog.String("event", ev.Type), slog.String("version", version))
-	h.refresh(e)
+	h.refresh(target)
 }
 
 // callOnNearExpiry calls the hook, recovering and logging a panic as

@@ -2,8 +2,10 @@ package kvsecrets
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,9 +38,10 @@ type fakeVault struct {
 	inflight atomic.Int64
 	peak     atomic.Int64
 
-	noLog      bool // keep no request log (memory benchmarks)
-	writes     int  // SetSecret calls
-	failWrites int  // when non-zero, SetSecret answers this status
+	shuffle    func([]*fvVersion) // when set, reorders each versions listing
+	noLog      bool               // keep no request log (memory benchmarks)
+	writes     int                // SetSecret calls
+	failWrites int                // when non-zero, SetSecret answers this status
 }
 
 type fvRequest struct {
@@ -69,7 +72,10 @@ func (v *fakeVault) set(name, value string, opts ...func(*fvVersion)) string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.nextVer++
-	ver := &fvVersion{id: fmt.Sprintf("%032x", v.nextVer), value: value, enabled: true, created: time.Now()}
+	// As Key Vault does: ids in no chronological order, created stamped to
+	// the second.
+	id := fmt.Sprintf("%x", sha256.Sum256(fmt.Appendf(nil, "%d", v.nextVer)))[:32]
+	ver := &fvVersion{id: id, value: value, enabled: true, created: time.Now().Truncate(time.Second)}
 	for _, o := range opts {
 		o(ver)
 	}
@@ -245,12 +251,19 @@ func (v *fakeVault) listVersions(name string, _ *azsecrets.ListSecretPropertiesV
 		resp.AddResponseError(http.StatusNotFound, "SecretNotFound")
 		return
 	}
-	// Two to a page, oldest first, to exercise paging and the sort.
+	// Two to a page, in version-id order as Key Vault lists them (see
+	// TestVerifySameSecondVersionsOfARealListing), to exercise paging and
+	// the ordering rule.
+	vers := slices.Clone(s.versions)
+	slices.SortFunc(vers, func(a, b *fvVersion) int { return strings.Compare(a.id, b.id) })
+	if v.shuffle != nil {
+		v.shuffle(vers)
+	}
 	var page []*azsecrets.SecretProperties
-	for i, ver := range s.versions {
+	for i, ver := range vers {
 		sec := v.sdkSecret(s, ver)
 		page = append(page, &azsecrets.SecretProperties{ID: sec.ID, Attributes: sec.Attributes})
-		if len(page) == 2 || i == len(s.versions)-1 {
+		if len(page) == 2 || i == len(vers)-1 {
 			resp.AddPage(http.StatusOK, azsecrets.ListSecretPropertiesVersionsResponse{
 				SecretPropertiesListResult: azsecrets.SecretPropertiesListResult{Value: page}}, nil)
 			page = nil

@@ -116,7 +116,8 @@ type Options struct {
 	VerifyOverlap time.Duration
 
 	// VerifyPrevious bounds how many replaced versions Verify accepts during
-	// the overlap. Default 2.
+	// the overlap: only the VerifyPrevious versions the latest most recently
+	// replaced, counted whether or not each is still enabled. Default 2.
 	VerifyPrevious int
 
 	// AllowedVaultHosts lists hosts (host or host:port, matched exactly)

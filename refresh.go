@@ -278,6 +278,9 @@ func (p *Provider) applyValue(e *entry, seq uint64, got fetched, now time.Time, 
 		}
 	}
 	e.lastVersion = sec.Version
+	if e.kind == kindLatest {
+		e.noteLatest(sec.Version)
+	}
 	e.failures = 0
 	if e.kind != kindPinned {
 		p.scheduleAt(e, p.nextRefresh(now, sec.Expires))
@@ -303,14 +306,76 @@ func (p *Provider) applyRefusal(e *entry, seq uint64, prev *state, fail failure,
 	next := &state{err: fail.err, errUntil: now.Add(p.cfg.negativeTTL), seq: seq}
 	e.failures = 0
 	p.unschedule(e)
+	// Every other view of the secret the answer concerns stops too, before
+	// the read that saw it completes (see spreadRefusal).
+	after := []func(){func() { p.spreadRefusal(e, fail) }}
 	if !prev.hasValue {
-		return next, nil
+		return next, after
 	}
 	p.revocations.Add(1)
-	return next, []func(){func() {
+	return next, append(after, func() {
 		p.cfg.logger.Warn("kvsecrets: cached secret dropped: the vault refused it",
 			slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
-	}}
+	})
+}
+
+// spreadRefusal makes the other views of a secret honour an authoritative
+// refusal that a read of e received. A refusal of the latest version (by
+// Get's reads, Refresh, an event, or Verify's key set) stops both the
+// latest entry and the key set; not found and forbidden, which concern
+// every version, stop the pinned versions too. A pinned version refused
+// makes the key set re-read, since it may be one Verify accepts.
+func (p *Provider) spreadRefusal(e *entry, fail failure) {
+	le := e
+	if e.parent != nil {
+		le = e.parent
+	}
+	if e.kind == kindPinned {
+		if ve := le.verifier.Load(); ve != nil {
+			p.startFlight(ve, flightForced, nil)
+		}
+		return
+	}
+	targets := []*entry{le}
+	if ve := le.verifier.Load(); ve != nil {
+		targets = append(targets, ve)
+	}
+	if k := fail.err.Kind; k == ErrNotFound || k == ErrForbidden {
+		if m := le.versions.Load(); m != nil {
+			for _, pe := range *m {
+				targets = append(targets, pe)
+			}
+		}
+	}
+	for _, t := range targets {
+		if t != e {
+			p.refuse(t, fail)
+		}
+	}
+}
+
+// refuse stores a refusal learned by a read of another view in t, as if
+// t's own read had received it. Reads of t already in flight are out of
+// date once it is stored and will not overwrite it.
+func (p *Provider) refuse(t *entry, fail failure) {
+	err := *fail.err
+	err.Version = t.version
+	t.mu.Lock()
+	prev := t.state.Load()
+	if prev.err != nil && !prev.hasValue && prev.err.Kind == err.Kind && time.Now().Before(prev.errUntil) {
+		t.mu.Unlock()
+		return // already refused
+	}
+	t.seq++
+	t.failures = 0
+	p.unschedule(t)
+	t.state.Store(&state{err: &err, errUntil: time.Now().Add(p.cfg.negativeTTL), seq: t.seq})
+	t.mu.Unlock()
+	if prev.hasValue {
+		p.revocations.Add(1)
+		p.cfg.logger.Warn("kvsecrets: cached secret dropped: the vault refused it",
+			slog.String("secret", t.name), slog.String("version", t.version), slog.Any("error", &err))
+	}
 }
 
 // applyTransient is apply for a failure worth retrying: a cached value is

@@ -309,8 +309,12 @@ func (p *Provider) GetVersion(ctx context.Context, name, version string) (Secret
 
 // Refresh reads the latest version of the named secret now, even if it is
 // cached, updates the cache, and fires Options.OnRotate if the version
-// changed. It does not join a read that started before it was called. A
-// transient failure is returned, and the cached value stays in place.
+// changed. If Verify has been used for the name, its accepted versions are
+// re-read too. When Refresh returns, Get, Verify and pinned versions all
+// serve what it read: a new version is served and accepted, and a
+// secret the vault reports deleted, disabled or forbidden is refused. It
+// does not join a read that started before it was called. A transient
+// failure is returned, and the cached value stays in place.
 func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 	if p.closed.Load() {
 		return Secret{}, &SecretError{Name: name, Kind: ErrClosed}
@@ -323,15 +327,32 @@ func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 	if serr != nil {
 		return Secret{}, serr.as(name)
 	}
-	select {
-	case <-f.done:
-	case <-ctx.Done():
-		return Secret{}, ctx.Err()
+	var vf *flight
+	if ve := e.verifier.Load(); ve != nil {
+		if vf, serr = p.startFlight(ve, flightForced, nil); serr != nil {
+			return Secret{}, serr.as(name)
+		}
 	}
-	if f.err != nil {
+	for _, fl := range []*flight{f, vf} {
+		if fl == nil {
+			continue
+		}
+		select {
+		case <-fl.done:
+		case <-ctx.Done():
+			return Secret{}, ctx.Err()
+		}
+	}
+	switch {
+	case f.err != nil:
 		return Secret{}, f.err.as(name)
+	case f.st.hasValue:
+		return f.st.secret.clone(), nil
+	case f.st.err != nil:
+		// The read was overtaken by a newer one, which failed.
+		return Secret{}, f.st.err.as(name)
 	}
-	return f.st.secret.clone(), nil
+	return Secret{}, &SecretError{Name: name, Kind: ErrUnavailable, detail: "the read was overtaken by a newer one"}
 }
 
 // Preload reads the named secrets in parallel (at most
@@ -340,8 +361,17 @@ func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 // secret, each naming it. Invalid names are reported before any request is
 // made, and then nothing is read.
 func (p *Provider) Preload(ctx context.Context, names ...string) error {
+	return p.preload(ctx, "preload", names, func(name string) error {
+		_, err := p.GetSecret(ctx, name)
+		return err
+	})
+}
+
+// preload validates names, then calls read once per distinct name in
+// parallel and joins the failures, each naming its secret.
+func (p *Provider) preload(ctx context.Context, what string, names []string, read func(name string) error) error {
 	if p.closed.Load() {
-		return fmt.Errorf("kvsecrets: preload: %w", ErrClosed)
+		return fmt.Errorf("kvsecrets: %s: %w", what, ErrClosed)
 	}
 	var bad []error
 	for i, n := range names {
@@ -361,8 +391,7 @@ func (p *Provider) Preload(ctx context.Context, names ...string) error {
 		}
 	}
 	_, readErrs := inParallel(ctx, p.cfg.preloadConcurrency, len(todo), func(i int) (struct{}, error) {
-		_, err := p.GetSecret(ctx, todo[i])
-		return struct{}{}, err
+		return struct{}{}, read(todo[i])
 	})
 	var errs []error
 	for i, err := range readErrs {

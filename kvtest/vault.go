@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -483,9 +484,15 @@ func (s *Server) do(r *http.Request, rt route, body []byte) (int, any, *apiError
 		if sec == nil {
 			return 0, nil, secretNotFound(rt.name)
 		}
+		// Key Vault lists versions in no chronological order: the real
+		// recording TestListSecretVersions.json (azsecrets v0.12.0's
+		// testdata) lists them in version-id order, three created in one
+		// second. Clients must not take the order for age.
+		vers := slices.Clone(sec.versions)
+		slices.SortFunc(vers, func(a, b *version) int { return strings.Compare(a.id, b.id) })
 		var items []bundleJSON
-		for i := len(sec.versions) - 1; i >= 0; i-- {
-			items = append(items, bundle(base, sec, sec.versions[i], false))
+		for _, ver := range vers {
+			items = append(items, bundle(base, sec, ver, false))
 		}
 		pg, err := page(r, base, "secrets/"+sec.name+"/versions", items)
 		return http.StatusOK, pg, err

@@ -164,6 +164,7 @@ func firstAndCachedReads(ctx context.Context, out io.Writer, p *kvsecrets.Provid
 	fmt.Fprintf(out, "1. First Get(%q): %v, read from the vault (%d characters; values are never printed)\n", name, first.Round(time.Microsecond), len(v))
 
 	const n = 1_000_000
+	before := p.Stats()
 	start = time.Now()
 	for range n {
 		if _, err := p.Get(ctx, name); err != nil {
@@ -171,7 +172,11 @@ func firstAndCachedReads(ctx context.Context, out io.Writer, p *kvsecrets.Provid
 		}
 	}
 	per := time.Since(start) / n
-	fmt.Fprintf(out, "2. 1,000,000 cached Gets: %v each; vault requests so far: %d\n", per, p.Stats().VaultRequests)
+	after := p.Stats()
+	// Background refreshes (the demo's TTL is short) are the only reads of
+	// the vault meanwhile; the Gets themselves make none.
+	byGets := (after.VaultRequests - before.VaultRequests) - (after.Refreshes - before.Refreshes)
+	fmt.Fprintf(out, "2. 1,000,000 cached Gets: %v each; vault requests made by them: %d\n", per, byGets)
 	return nil
 }
 

@@ -16,7 +16,7 @@ func TestQuickstartLocal(t *testing.T) {
 		"started a local Key Vault",
 		"read from the vault",
 		"cached Gets",
-		"vault requests so far: 1",
+		"vault requests made by them: 0",
 		"OnRotate fired",
 		"this demo's TTL is 1s; the default is 1h0m0s",
 		"0 errors (stale value served",
