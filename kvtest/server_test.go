@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -412,4 +413,41 @@ func TestInProcessUnderSynctest(t *testing.T) {
 			t.Fatalf("log = %+v", log)
 		}
 	})
+}
+
+// TestVersionsAreListedInVersionIDOrder: as Key Vault does (the real
+// recording TestListSecretVersions.json lists three versions created in one
+// second in version-id order), the versions list is in no chronological
+// order, and it is paged (25 a page unless maxresults says less).
+func TestVersionsAreListedInVersionIDOrder(t *testing.T) {
+	srv := NewTestServer(t, nil)
+	var written []string
+	for i := range 30 {
+		v, err := srv.SetSecret("K", "v"+strconv.Itoa(i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		written = append(written, v)
+	}
+	c := newClient(t, srv)
+	var listed []string
+	pages := 0
+	for pager := c.NewListSecretPropertiesVersionsPager("K", nil); pager.More(); {
+		page, err := pager.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, p := range page.Value {
+			listed = append(listed, p.ID.Version())
+		}
+	}
+	sorted := slices.Clone(written)
+	slices.Sort(sorted)
+	if !slices.Equal(listed, sorted) || pages != 2 {
+		t.Fatalf("listed %d versions in %d pages, in version-id order: %v", len(listed), pages, slices.Equal(listed, sorted))
+	}
+	if slices.Equal(sorted, written) {
+		t.Fatal("version ids were made in chronological order: the test proves nothing")
+	}
 }
