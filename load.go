@@ -290,9 +290,11 @@ func jsonError(t reflect.Type, err error) error {
 	case errors.As(err, &syn):
 		return &withheldError{what: fmt.Sprintf("the secret is not valid JSON (at byte %d)", syn.Offset), err: err}
 	case errors.As(err, &typ):
-		where := "the value"
+		// The path and the target type come from dst's own type: the
+		// error's Type can be made by a custom decoder from its input.
+		where, into := "the value", t
 		if typ.Field != "" {
-			where = jsonPath(t, typ.Field)
+			where, into = jsonPath(t, typ.Field)
 		}
 		kind, _, _ := strings.Cut(typ.Value, " ") // "number 123" -> "number"
 		switch kind {
@@ -300,7 +302,16 @@ func jsonError(t reflect.Type, err error) error {
 		default:
 			kind = "value"
 		}
-		return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded into %v", kind, where, typ.Type), err: err}
+		if into == nil {
+			return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded", kind, where), err: err}
+		}
+		// The decoder's type is more precise (the element of a map, a
+		// field of a struct): use it when it is part of the field's own
+		// type.
+		if typ.Type != nil && contains(into, typ.Type, 4) {
+			into = typ.Type
+		}
+		return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded into %v", kind, where, into), err: err}
 	}
 	return &withheldError{what: fmt.Sprintf("the secret cannot be decoded as JSON into %v", t), err: err}
 }
@@ -308,8 +319,9 @@ func jsonError(t reflect.Type, err error) error {
 // jsonPath rewrites the dotted path of a JSON decoding error
 // ("DB.Keys.sk_live_1") with names from t alone: struct fields by their
 // JSON names, map keys as "[key]", and anything else as "?", since the
-// decoder's path holds map keys, which are input.
-func jsonPath(t reflect.Type, path string) string {
+// decoder's path holds map keys, which are input. It also returns the type
+// the path leads to in t, nil where it leaves t's known shape.
+func jsonPath(t reflect.Type, path string) (string, reflect.Type) {
 	var out []string
 	for part := range strings.SplitSeq(path, ".") {
 		for t != nil && (t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
@@ -322,15 +334,37 @@ func jsonPath(t reflect.Type, path string) string {
 		case t != nil && t.Kind() == reflect.Struct:
 			name, ft, ok := jsonField(t, part)
 			if !ok {
-				return strings.Join(append(out, "?"), ".")
+				return strings.Join(append(out, "?"), "."), nil
 			}
 			out = append(out, name)
 			t = ft
 		default:
-			return strings.Join(append(out, "?"), ".")
+			return strings.Join(append(out, "?"), "."), nil
 		}
 	}
-	return strings.Join(out, ".")
+	return strings.Join(out, "."), t
+}
+
+// contains reports whether target is root or a type within it (elements,
+// struct fields), looking depth levels down.
+func contains(root, target reflect.Type, depth int) bool {
+	if root == target {
+		return true
+	}
+	if depth == 0 {
+		return false
+	}
+	switch root.Kind() {
+	case reflect.Pointer, reflect.Slice, reflect.Array, reflect.Map:
+		return contains(root.Elem(), target, depth-1)
+	case reflect.Struct:
+		for i := range root.NumField() {
+			if contains(root.Field(i).Type, target, depth-1) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // jsonField finds the field of struct t that encoding/json decodes the key

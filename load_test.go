@@ -2,6 +2,7 @@ package kvsecrets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -482,6 +483,47 @@ func TestLoadJSONErrorsQuoteNoInput(t *testing.T) {
 		}
 		if err := p.Load(context.Background(), &dst); err != nil || dst.Config.Port != 5432 {
 			t.Fatalf("Load = %v, port %d", err, dst.Config.Port)
+		}
+	})
+}
+
+// TestVaultNameTakesTheProvidersSuffix: a VaultName reference gets the DNS
+// suffix of the Provider's own vault, whatever its port.
+func TestVaultNameTakesTheProvidersSuffix(t *testing.T) {
+	for own, want := range map[string]string{
+		"kv.vault.azure.cn": "other.vault.azure.cn", "kv.vault.azure.cn:9443": "other.vault.azure.cn",
+		"kv.vault.usgovcloudapi.net": "other.vault.usgovcloudapi.net", "127.0.0.1:8443": "other.vault.azure.net",
+	} {
+		p := &Provider{host: own}
+		r, err := p.parseRef("@Microsoft.KeyVault(VaultName=other;SecretName=K)")
+		if err != nil || r.host != want {
+			t.Errorf("Provider at %s: VaultName=other names %q (%v), want %q", own, r.host, err, want)
+		}
+	}
+}
+
+// echoingDecoder is a hostile custom decoder: its error's type is made at
+// run time from its input.
+type echoingDecoder struct{}
+
+func (*echoingDecoder) UnmarshalJSON(b []byte) error {
+	return &json.UnmarshalTypeError{Value: "string " + string(b), Type: reflect.StructOf([]reflect.StructField{
+		{Name: strings.Trim(string(b), `"`), Type: reflect.TypeFor[int]()}}), Field: string(b)}
+}
+
+// TestLoadJSONErrorsTrustNoDecoder: a custom decoder's error names a type
+// and a path built from its input; Load's error names only dst's types.
+func TestLoadJSONErrorsTrustNoDecoder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("Config", `{"Inner":"SUPERSECRETzz"}`)
+		p := v.newProvider(t, nil)
+		var dst struct {
+			Config struct{ Inner echoingDecoder } `keyvault:"Config,json"`
+		}
+		err := p.Load(context.Background(), &dst)
+		if err == nil || strings.Contains(err.Error(), "SUPERSECRET") || strings.Contains(fmt.Sprintf("%+v", err), "SUPERSECRET") {
+			t.Fatalf("Load: %v", err)
 		}
 	})
 }

@@ -134,7 +134,10 @@ func parseSecretURI(s string) (ref, error) {
 	if err := checkName(parts[1]); err != nil {
 		return ref{}, fmt.Errorf("%w: %w", ErrInvalidReference, err)
 	}
-	r := ref{host: strings.ToLower(u.Host), name: parts[1]}
+	if !isASCII(u.Host) {
+		return ref{}, fmt.Errorf("%w: the host is not plain ASCII", ErrInvalidReference)
+	}
+	r := ref{host: asciiLower(u.Host), name: parts[1]}
 	if len(parts) == 3 {
 		if err := checkVersion(parts[2]); err != nil {
 			return ref{}, fmt.Errorf("%w: %w", ErrInvalidReference, err)
@@ -144,17 +147,21 @@ func parseSecretURI(s string) (ref, error) {
 	return r, nil
 }
 
+// validVaultName reports whether n follows Key Vault's naming rules: 3-24
+// ASCII letters, digits and '-', starting with a letter, ending with a
+// letter or digit, with no "--".
 func validVaultName(n string) bool {
-	if len(n) < 3 || len(n) > 24 {
+	if len(n) < 3 || len(n) > 24 || strings.Contains(n, "--") {
 		return false
 	}
+	letter := func(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
 	for i := 0; i < len(n); i++ {
 		c := n[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-') {
+		if !(letter(c) || '0' <= c && c <= '9' || c == '-') {
 			return false
 		}
 	}
-	return true
+	return letter(n[0]) && n[len(n)-1] != '-'
 }
 
 // hostAllowed reports whether a reference may send the Provider's token to
@@ -186,11 +193,37 @@ func hostAllowed(host string, allowed []string) bool {
 // reference may name without Options.AllowedVaultHosts; a tool that takes
 // a vault from a reference (cmd/kvenv does) checks it with IsVaultHost
 // before sending a token there.
-func IsVaultHost(host string) bool { return hostAllowed(strings.ToLower(host), nil) }
+func IsVaultHost(host string) bool { return isASCII(host) && hostAllowed(asciiLower(host), nil) }
+
+// isASCII reports whether s is plain ASCII; hosts that are not (Unicode
+// look-alikes such as the Kelvin sign, which strings.ToLower folds to 'k')
+// are refused.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// asciiLower lower-cases the ASCII letters of s only.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
 
 // vaultSuffixOf returns the Key Vault DNS suffix of host, or the public
 // cloud's when host is not under one.
 func vaultSuffixOf(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
 	for _, suf := range vaultSuffixes {
 		if strings.HasSuffix(host, suf) {
 			return suf

@@ -460,7 +460,8 @@ func (p *Provider) Stats() Stats {
 // making the callback may be one of the Provider's own, which would then
 // wait for itself. It, and any read still in flight, end on their own once
 // the callback returns, starting nothing new; a later Close from outside a
-// callback waits for them.
+// callback waits for them. A callback must therefore not wait for a Close
+// it started on another goroutine: that Close waits for the callback.
 func (p *Provider) Close() error {
 	wait := !inCallback()
 	p.mu.Lock()

@@ -177,3 +177,22 @@ func TestNoTokenReachesAForeignHost(t *testing.T) {
 		t.Fatalf("control: the hostile server received %q, want the token once", got)
 	}
 }
+
+func TestIsVaultHost(t *testing.T) {
+	for host, want := range map[string]bool{
+		"myvault.vault.azure.net": true, "MyVault.Vault.Azure.Net": true, "my-vault-1.vault.azure.cn": true,
+		"myhsm.managedhsm.azure.net": true, "kv1.vault.usgovcloudapi.net": true,
+		"myvault.vault.azure.net:443": false, "vault.azure.net": false, "my.vault.vault.azure.net": false,
+		"-kv.vault.azure.net": false, "kv-.vault.azure.net": false, "a--b.vault.azure.net": false, "1kv.vault.azure.net": false,
+		"kv\u212a.vault.azure.net": false, // the Kelvin sign, which strings.ToLower folds to 'k'
+		"myvault.vault.azure.net.": false, "evil.example.com": false, "127.0.0.1": false, "": false,
+		"ab.vault.azure.net": false, "abcdefghijklmnopqrstuvwxy.vault.azure.net": false,
+	} {
+		if got := kvsecrets.IsVaultHost(host); got != want {
+			t.Errorf("IsVaultHost(%q) = %v, want %v", host, got, want)
+		}
+	}
+	if _, err := kvsecrets.ParseReference("https://kv\u212a.vault.azure.net/secrets/x"); !errors.Is(err, kvsecrets.ErrInvalidReference) {
+		t.Errorf("a host with a Unicode look-alike: %v", err)
+	}
+}
