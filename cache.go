@@ -105,6 +105,7 @@ const (
 // flight is one read of the vault shared by every caller that asks for the
 // same entry while it runs.
 type flight struct {
+	seq  uint64 // the entry's fetch sequence when the read started
 	done chan struct{}
 	st   *state       // the entry's state after the read
 	err  *SecretError // the read's own failure, nil on success
@@ -153,6 +154,7 @@ type entry struct {
 	draining    bool            // a goroutine is making the pending calls
 	aliases     int             // other spellings of the name in the index
 	eventAt     time.Time       // when the last event-driven refresh started, or is planned
+	rerun       bool            // read again (forced) when the forced read in flight ends
 	history     []string        // latest entry: versions seen as the latest, oldest first (at most maxHistory)
 
 	schedGen uint64 // guarded by scheduler.mu: only the newest schedule counts

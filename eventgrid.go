@@ -301,7 +301,7 @@ func (h *eventGridHandler) refresh(e *entry) {
 	case now.Sub(e.eventAt) >= h.window && delay == 0:
 		e.eventAt = now
 		e.mu.Unlock()
-		h.p.startFlight(e, flightForced, nil)
+		h.p.rereadSoon(e)
 	case now.Sub(e.eventAt) >= h.window:
 		e.eventAt = now.Add(delay)
 		at := e.eventAt

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,11 +41,54 @@ func (p *Provider) startFlight(e *entry, kind int, seen *state) (*flight, *Secre
 	if !p.track() {
 		return nil, &SecretError{Name: e.name, Version: e.version, Kind: ErrClosed}
 	}
-	f := &flight{done: make(chan struct{})}
-	e.flights[kind] = f
 	e.seq++
+	f := &flight{seq: e.seq, done: make(chan struct{})}
+	e.flights[kind] = f
 	go p.runFlight(e, f, kind, e.seq)
 	return f, nil
+}
+
+// freshFlight returns a forced read of e that starts after the call: a
+// read already in flight may have started before a change the caller
+// knows of, so it is waited out, not joined.
+func (p *Provider) freshFlight(ctx context.Context, e *entry) (*flight, error) {
+	e.mu.Lock()
+	since := e.seq
+	e.mu.Unlock()
+	return p.freshFlightSince(ctx, e, since)
+}
+
+// freshFlightSince returns a forced read of e that started after e's
+// fetch sequence was since.
+func (p *Provider) freshFlightSince(ctx context.Context, e *entry, since uint64) (*flight, error) {
+	for {
+		f, serr := p.startFlight(e, flightForced, nil)
+		if serr != nil {
+			return nil, serr
+		}
+		if f.seq > since {
+			return f, nil
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// rereadSoon makes e read again now without waiting: at once, or, if a
+// forced read is in flight (it may have started before the change that
+// calls for this one), as soon as it ends.
+func (p *Provider) rereadSoon(e *entry) {
+	e.mu.Lock()
+	if e.flights[flightForced] != nil {
+		e.rerun = true
+		e.mu.Unlock()
+		return
+	}
+	e.mu.Unlock()
+	p.startFlight(e, flightForced, nil)
 }
 
 // runFlight reads the vault once on a context of its own, applies the
@@ -69,10 +113,17 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int, seq uint64) {
 	}
 	e.mu.Lock()
 	e.flights[kind] = nil
+	rerun := kind == flightForced && e.rerun
+	e.rerun = false
 	e.mu.Unlock()
 	f.st, f.err = st, serr
 	for _, fn := range after {
 		fn()
+	}
+	if rerun {
+		// Before done closes, so that a caller waiting this read out
+		// (freshFlight) finds the next one.
+		p.startFlight(e, flightForced, nil)
 	}
 	p.drainRotations(e)
 	close(f.done)
@@ -274,7 +325,7 @@ func (p *Provider) applyValue(e *entry, seq uint64, got fetched, now time.Time, 
 		})
 		if ve := e.verifier.Load(); ve != nil {
 			// Verify must accept the new key at once.
-			after = append(after, func() { p.startFlight(ve, flightForced, nil) })
+			after = append(after, func() { p.rereadSoon(ve) })
 		}
 	}
 	e.lastVersion = sec.Version
@@ -308,7 +359,8 @@ func (p *Provider) applyRefusal(e *entry, seq uint64, prev *state, fail failure,
 	p.unschedule(e)
 	// Every other view of the secret the answer concerns stops too, before
 	// the read that saw it completes (see spreadRefusal).
-	after := []func(){func() { p.spreadRefusal(e, fail) }}
+	hadValue := prev.hasValue
+	after := []func(){func() { p.spreadRefusal(e, fail, hadValue) }}
 	if !prev.hasValue {
 		return next, after
 	}
@@ -323,16 +375,46 @@ func (p *Provider) applyRefusal(e *entry, seq uint64, prev *state, fail failure,
 // refusal that a read of e received. A refusal of the latest version (by
 // Get's reads, Refresh, an event, or Verify's key set) stops both the
 // latest entry and the key set; not found and forbidden, which concern
-// every version, stop the pinned versions too. A pinned version refused
-// makes the key set re-read, since it may be one Verify accepts.
-func (p *Provider) spreadRefusal(e *entry, fail failure) {
+// every version, stop the pinned versions too.
+//
+// A pinned version's refusal may concern that version alone, or be a
+// version that never existed (a caller's mistake must not drop anything),
+// so it is not copied: when the version is known to have existed (it was
+// served, Verify accepts it, or it was the latest) or the answer is
+// disabled or forbidden, the latest entry and the key set are read again,
+// and the read that saw the refusal completes once they have.
+func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 	le := e
 	if e.parent != nil {
 		le = e.parent
 	}
 	if e.kind == kindPinned {
-		if ve := le.verifier.Load(); ve != nil {
-			p.startFlight(ve, flightForced, nil)
+		ve := le.verifier.Load()
+		le.mu.Lock()
+		loaded, known := le.lastVersion != "", strings.EqualFold(le.lastVersion, e.version) || slices.Contains(le.history, strings.ToLower(e.version))
+		le.mu.Unlock()
+		if ve != nil {
+			for _, s := range ve.state.Load().accepted {
+				known = known || strings.EqualFold(s.Version, e.version)
+			}
+		}
+		if !hadValue && !known && fail.err.Kind == ErrNotFound {
+			return
+		}
+		var flights []*flight
+		for _, t := range []*entry{le, ve} {
+			if t == nil || (t == le && !loaded) {
+				continue
+			}
+			if f, err := p.freshFlight(p.ctx, t); err == nil {
+				flights = append(flights, f)
+			}
+		}
+		for _, f := range flights {
+			select {
+			case <-f.done:
+			case <-p.ctx.Done():
+			}
 		}
 		return
 	}

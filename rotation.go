@@ -76,6 +76,12 @@ func (p *Provider) Rotate(ctx context.Context, name, value string, opts *RotateO
 			params.Tags[k] = &v
 		}
 	}
+	var keySetSeq uint64 // reads of the key set started after this are fresh
+	if ve := e.verifier.Load(); ve != nil {
+		ve.mu.Lock()
+		keySetSeq = ve.seq
+		ve.mu.Unlock()
+	}
 	p.writes.Add(1)
 	resp, err := p.client.SetSecret(ctx, e.name, params, nil)
 	if err != nil {
@@ -111,7 +117,7 @@ func (p *Provider) Rotate(ctx context.Context, name, value string, opts *RotateO
 	if ve != nil {
 		// Verify must accept the new key when Rotate returns: wait for the
 		// key set's re-read (apply started it).
-		if f, err := p.startFlight(ve, flightForced, nil); err == nil {
+		if f, err := p.freshFlightSince(ctx, ve, keySetSeq); err == nil {
 			select {
 			case <-f.done:
 			case <-ctx.Done():

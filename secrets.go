@@ -245,6 +245,15 @@ func (p *Provider) serve(st *state, now time.Time, name, version string, hit boo
 	return st, nil
 }
 
+// asNamed is as for any error: a *SecretError names the secret as the
+// caller spelled it; other errors (ctx.Err()) pass unchanged.
+func asNamed(err error, name string) error {
+	if se, ok := err.(*SecretError); ok {
+		return se.as(name)
+	}
+	return err
+}
+
 // as returns the error naming the secret as the caller spelled it.
 func (e *SecretError) as(name string) *SecretError {
 	if e.Name == name {
@@ -314,7 +323,9 @@ func (p *Provider) GetVersion(ctx context.Context, name, version string) (Secret
 // serve what it read: a new version is served and accepted, and a
 // secret the vault reports deleted, disabled or forbidden is refused. It
 // does not join a read that started before it was called. A transient
-// failure is returned, and the cached value stays in place.
+// failure is returned, and the cached value stays in place; so is one of
+// the re-read of Verify's accepted versions, even when Get already serves
+// the new read.
 func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 	if p.closed.Load() {
 		return Secret{}, &SecretError{Name: name, Kind: ErrClosed}
@@ -323,14 +334,14 @@ func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 	if err != nil {
 		return Secret{}, err
 	}
-	f, serr := p.startFlight(e, flightForced, nil)
-	if serr != nil {
-		return Secret{}, serr.as(name)
+	f, err := p.freshFlight(ctx, e)
+	if err != nil {
+		return Secret{}, asNamed(err, name)
 	}
 	var vf *flight
 	if ve := e.verifier.Load(); ve != nil {
-		if vf, serr = p.startFlight(ve, flightForced, nil); serr != nil {
-			return Secret{}, serr.as(name)
+		if vf, err = p.freshFlight(ctx, ve); err != nil {
+			return Secret{}, asNamed(err, name)
 		}
 	}
 	for _, fl := range []*flight{f, vf} {
@@ -346,6 +357,11 @@ func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 	switch {
 	case f.err != nil:
 		return Secret{}, f.err.as(name)
+	case vf != nil && vf.err != nil:
+		// Get serves the new read, but Verify could not follow: say so
+		// rather than let the caller believe both do.
+		return Secret{}, &SecretError{Name: name, Kind: vf.err.Kind, Err: vf.err,
+			detail: "read, but Verify's accepted versions could not be re-read"}
 	case f.st.hasValue:
 		return f.st.secret.clone(), nil
 	case f.st.err != nil:

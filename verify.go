@@ -34,7 +34,8 @@ var ErrMismatch = errors.New("kvsecrets: presented key does not match")
 // is never accepted. Every accepted version, the latest included, matches
 // only within its nbf and exp, and a replaced one only until its overlap
 // ends: these are checked against the clock each time a key is presented.
-// Comparisons take the same time whatever the key's contents.
+// An empty key never matches. Comparisons take the same time whatever the
+// key's contents.
 //
 // The accepted versions are read through the versions list and cached like
 // Get's values: one read per burst, refreshed in the background ahead of
@@ -90,6 +91,9 @@ func (p *Provider) PreloadVerify(ctx context.Context, names ...string) error {
 // and returns the one that matched within its window (nbf, exp, the end
 // of its overlap), checked against the clock now.
 func matchKey(st *state, presented string) (Secret, error) {
+	if presented == "" {
+		return Secret{}, st.mismatch // no key is never a key, whatever the vault holds
+	}
 	var now time.Time
 	if st.bounded {
 		now = time.Now()
