@@ -442,16 +442,17 @@ func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 func (p *Provider) refuse(t *entry, fail failure) {
 	err := *fail.err
 	err.Version = t.version
+	now := time.Now()
 	t.mu.Lock()
 	prev := t.state.Load()
-	if prev.err != nil && !prev.hasValue && prev.err.Kind == err.Kind && time.Now().Before(prev.errUntil) {
+	if prev.err != nil && !prev.hasValue && prev.err.Kind == err.Kind && now.Before(prev.errUntil) {
 		t.mu.Unlock()
 		return // already refused
 	}
 	t.seq++
 	t.failures = 0
 	p.unschedule(t)
-	t.state.Store(&state{err: &err, errUntil: time.Now().Add(p.cfg.negativeTTL), seq: t.seq})
+	t.state.Store(&state{err: &err, errUntil: now.Add(p.cfg.negativeTTL), seq: t.seq})
 	t.mu.Unlock()
 	if prev.hasValue {
 		p.revocations.Add(1)
