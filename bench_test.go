@@ -216,6 +216,20 @@ func BenchmarkMemoryPer10kSecrets(b *testing.B) {
 			runtime.KeepAlive(m)
 		}
 	})
+	b.Run("syncmap-baseline", func(b *testing.B) {
+		for b.Loop() {
+			before := heap()
+			var m sync.Map
+			for _, name := range names {
+				m.Store(strings.Clone(name), strings.Clone(value))
+			}
+			for _, name := range names {
+				m.Load(name) // promote the dirty map, as reads do
+			}
+			b.ReportMetric(float64(heap()-before)/n, "bytes/secret")
+			runtime.KeepAlive(&m)
+		}
+	})
 	b.Run("provider", func(b *testing.B) {
 		for b.Loop() {
 			v := newFakeVault()

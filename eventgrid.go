@@ -257,7 +257,7 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 	if known == "" {
 		// Not read through Get: through Verify only, or not at all (then
 		// the next read goes to the vault anyway).
-		ve := e.verifier.Load()
+		ve := e.verifier()
 		if ve == nil {
 			return
 		}
@@ -265,7 +265,7 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 		if !st.hasValue {
 			return
 		}
-		target, known = ve, st.secret.Version
+		target, known = ve, st.version
 	}
 	if ev.Type == EventSecretNewVersionCreated && version != "" && strings.EqualFold(version, known) {
 		return // already serving it: a replay, or our own rotation
@@ -296,22 +296,23 @@ func (h *eventGridHandler) refresh(e *entry) {
 	if h.opts.Spread > 0 {
 		delay = rand.N(h.opts.Spread)
 	}
+	x := e.ext()
 	e.mu.Lock()
 	switch {
-	case now.Sub(e.eventAt) >= h.window && delay == 0:
-		e.eventAt = now
+	case now.Sub(x.eventAt) >= h.window && delay == 0:
+		x.eventAt = now
 		e.mu.Unlock()
 		h.p.rereadSoon(e)
-	case now.Sub(e.eventAt) >= h.window:
-		e.eventAt = now.Add(delay)
-		at := e.eventAt
+	case now.Sub(x.eventAt) >= h.window:
+		x.eventAt = now.Add(delay)
+		at := x.eventAt
 		e.mu.Unlock()
 		h.p.scheduleAt(e, at)
-	case now.Before(e.eventAt):
+	case now.Before(x.eventAt):
 		e.mu.Unlock() // a refresh is planned for the window's end: fold into it
 	default:
-		e.eventAt = e.eventAt.Add(h.window)
-		at := e.eventAt
+		x.eventAt = x.eventAt.Add(h.window)
+		at := x.eventAt
 		e.mu.Unlock()
 		h.p.scheduleAt(e, at)
 	}

@@ -26,6 +26,9 @@ const (
 	DefaultVerifyOverlap      = 24 * time.Hour
 	DefaultVerifyPrevious     = 2
 	DefaultRotateValidity     = 180 * 24 * time.Hour
+	DefaultMaxEntries         = 10000
+	// The default IdleTimeout is DefaultIdleTTLs × TTL.
+	DefaultIdleTTLs = 2
 )
 
 // Options configures a [Provider]. A nil *Options means all defaults, and
@@ -120,6 +123,27 @@ type Options struct {
 	// replaced, counted whether or not each is still enabled. Default 2.
 	VerifyPrevious int
 
+	// MaxEntries bounds the entries the Provider holds: names read
+	// through Get, pinned versions and Verify key sets, each counting one.
+	// Past it, the least recently read are evicted (chosen from a random
+	// sample, as Redis does; a name's pinned versions and key set go
+	// first, and with the name) and counted in Stats.Evictions; an evicted
+	// secret is read from the vault again on its next use. Default 10,000:
+	// about 4 MB of cached secrets (see BENCHMARKS.md), far more names
+	// than a service uses, so that only names a caller invents get
+	// evicted.
+	MaxEntries int
+
+	// IdleTimeout is how long an entry nobody reads keeps being refreshed.
+	// It is checked when the entry is next due (a refresh at about 0.8
+	// TTL, a retry, or a check): an entry not read for IdleTimeout is then
+	// dropped instead of refreshed, and counted in Stats.IdleDrops, so that
+	// a service's steady state costs the vault only the secrets it uses.
+	// Its next read reads the vault again. Default 2×TTL: a secret read at
+	// least every two TTLs stays cached. Set it very long to refresh every
+	// secret ever read for as long as the Provider lives.
+	IdleTimeout time.Duration
+
 	// AllowedVaultHosts lists hosts (host or host:port, matched exactly)
 	// that references given to Resolve, Load and ResolveEnv may name besides
 	// Key Vault's own DNS suffixes and this Provider's vault: a local vault,
@@ -158,6 +182,8 @@ type config struct {
 	fetchTimeout       time.Duration
 	preloadConcurrency int
 	refreshConcurrency int
+	maxEntries         int
+	idleTimeout        time.Duration
 	verifyOverlap      time.Duration
 	verifyPrevious     int
 	allowedHosts       []string
@@ -207,6 +233,8 @@ func newConfig(o *Options) (config, error) {
 		fetchTimeout:       dur("FetchTimeout", o.FetchTimeout, DefaultFetchTimeout),
 		preloadConcurrency: count("PreloadConcurrency", o.PreloadConcurrency, DefaultPreloadConcurrency),
 		refreshConcurrency: count("RefreshConcurrency", o.RefreshConcurrency, DefaultRefreshConcurrency),
+		maxEntries:         count("MaxEntries", o.MaxEntries, DefaultMaxEntries),
+		idleTimeout:        dur("IdleTimeout", o.IdleTimeout, 0),
 		verifyOverlap:      dur("VerifyOverlap", o.VerifyOverlap, DefaultVerifyOverlap),
 		verifyPrevious:     count("VerifyPrevious", o.VerifyPrevious, DefaultVerifyPrevious),
 		allowedHosts:       append([]string(nil), o.AllowedVaultHosts...),
@@ -229,6 +257,9 @@ func newConfig(o *Options) (config, error) {
 	}
 	if c.noJitter {
 		c.refreshJitter = 0
+	}
+	if c.idleTimeout == 0 {
+		c.idleTimeout = DefaultIdleTTLs * c.ttl
 	}
 	if c.maxRetryBackoff < c.retryBackoff {
 		errs = append(errs, fmt.Errorf("kvsecrets: Options.MaxRetryBackoff (%v) is shorter than RetryBackoff (%v)", c.maxRetryBackoff, c.retryBackoff))

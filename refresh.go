@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -30,22 +31,36 @@ import (
 // between), the caller gets a finished flight with the new state instead of
 // a second read.
 func (p *Provider) startFlight(e *entry, kind int, seen *state) (*flight, *SecretError) {
+	f, _, err := p.beginFlight(e, kind, seen, false)
+	return f, err
+}
+
+// beginFlight is startFlight, reporting whether it started the read.
+// A background read (the scheduler's) is a single attempt; a caller's
+// first read of a secret never loaded retries throttling within
+// FetchTimeout (see fetch).
+func (p *Provider) beginFlight(e *entry, kind int, seen *state, background bool) (*flight, bool, *SecretError) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if f := e.flights[kind]; f != nil {
-		return f, nil
+	if e.flights != nil && e.flights[kind] != nil {
+		return e.flights[kind], false, nil
 	}
-	if st := e.state.Load(); seen != nil && st != seen {
-		return &flight{done: closedChan, st: st}, nil
+	st := e.state.Load()
+	if seen != nil && st != seen {
+		return &flight{done: closedChan, st: st}, false, nil
 	}
 	if !p.track() {
-		return nil, &SecretError{Name: e.name, Version: e.version, Kind: ErrClosed}
+		return nil, false, &SecretError{Name: e.name, Version: e.version(), Kind: ErrClosed}
 	}
 	e.seq++
-	f := &flight{seq: e.seq, done: make(chan struct{})}
+	f := &flight{seq: e.seq, background: background, retry: !background && !st.hasValue && e.lastVersion == "",
+		done: make(chan struct{})}
+	if e.flights == nil {
+		e.flights = new([numFlights]*flight)
+	}
 	e.flights[kind] = f
-	go p.runFlight(e, f, kind, e.seq)
-	return f, nil
+	go p.runFlight(e, f, kind)
+	return f, true, nil
 }
 
 // freshFlight returns a forced read of e that starts after the call: a
@@ -60,7 +75,7 @@ func (p *Provider) freshFlight(ctx context.Context, e *entry) (*flight, error) {
 
 // freshFlightSince returns a forced read of e that started after e's
 // fetch sequence was since.
-func (p *Provider) freshFlightSince(ctx context.Context, e *entry, since uint64) (*flight, error) {
+func (p *Provider) freshFlightSince(ctx context.Context, e *entry, since uint32) (*flight, error) {
 	for {
 		f, serr := p.startFlight(e, flightForced, nil)
 		if serr != nil {
@@ -82,7 +97,7 @@ func (p *Provider) freshFlightSince(ctx context.Context, e *entry, since uint64)
 // calls for this one), as soon as it ends.
 func (p *Provider) rereadSoon(e *entry) {
 	e.mu.Lock()
-	if e.flights[flightForced] != nil {
+	if e.flights != nil && e.flights[flightForced] != nil {
 		e.rerun = true
 		e.mu.Unlock()
 		return
@@ -94,14 +109,14 @@ func (p *Provider) rereadSoon(e *entry) {
 // runFlight reads the vault once on a context of its own, applies the
 // answer to the entry, completes the flight, and then makes any OnRotate
 // calls the answer caused.
-func (p *Provider) runFlight(e *entry, f *flight, kind int, seq uint64) {
+func (p *Provider) runFlight(e *entry, f *flight, kind int) {
 	defer p.wg.Done()
 	if e.state.Load().hasValue {
 		p.refreshes.Add(1)
 	}
 	start := time.Now()
-	got, fetchErr := p.fetch(e)
-	st, serr, after := p.apply(e, seq, got, fetchErr, false)
+	got, fetchErr := p.fetch(e, f.retry)
+	st, serr, after := p.apply(e, f.seq, got, fetchErr, false)
 	if log := p.cfg.logger; log.Enabled(p.ctx, slog.LevelDebug) {
 		attrs := []slog.Attr{slog.String("secret", e.name), slog.Duration("took", time.Since(start))}
 		if serr != nil {
@@ -113,6 +128,9 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int, seq uint64) {
 	}
 	e.mu.Lock()
 	e.flights[kind] = nil
+	if *e.flights == ([numFlights]*flight{}) {
+		e.flights = nil
+	}
 	rerun := kind == flightForced && e.rerun
 	e.rerun = false
 	e.mu.Unlock()
@@ -127,10 +145,14 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int, seq uint64) {
 	}
 	p.drainRotations(e)
 	close(f.done)
+	if f.background {
+		p.release()
+	}
 }
 
-// fetch reads e from the vault. It never holds a lock.
-func (p *Provider) fetch(e *entry) (got fetched, err error) {
+// fetch reads e from the vault. It never holds a lock. retry is set for a
+// caller's first read of a secret: see below.
+func (p *Provider) fetch(e *entry, retry bool) (got fetched, err error) {
 	ctx, cancel := context.WithTimeoutCause(p.ctx, p.cfg.fetchTimeout, errFetchTimeout)
 	defer cancel()
 	defer func() {
@@ -142,21 +164,21 @@ func (p *Provider) fetch(e *entry) (got fetched, err error) {
 			err = errors.New("kvsecrets: internal error while reading the secret")
 		}
 	}()
-	cold := !e.state.Load().hasValue
 	for attempt := 1; ; attempt++ {
 		if e.kind == kindVerifier {
 			got, err = p.fetchKeySet(ctx, e)
 		} else {
-			got.sec, err = p.getSecret(ctx, e, e.version)
+			got.sec, err = p.getSecret(ctx, e, e.version())
 		}
 		// A throttled or unavailable vault is asked again within
 		// FetchTimeout when there is no value to serve meanwhile, after a
 		// jittered, growing pause (1, 2, 4, 8 s…, or the Retry-After), so
 		// that a fleet starting at once spreads its reads over the
-		// throttle's windows instead of failing together. A cached value's
-		// refresh leaves retries to the scheduler.
+		// throttle's windows instead of failing together. Every other
+		// read (a refresh, a retry after a MaxStale drop) leaves retries
+		// to the scheduler, whose backoff keeps growing.
 		wait, again := p.retryThrottled(err, attempt)
-		if !cold || !again {
+		if !retry || !again {
 			break
 		}
 		t := time.NewTimer(wait)
@@ -223,8 +245,12 @@ func fromSDK(name, version string, s azsecrets.Secret) (Secret, error) {
 	}
 	out := Secret{Name: name, Version: version, value: newRedacted(*s.Value)}
 	if s.ID != nil {
-		if name, version, ok := parseSecretID(string(*s.ID)); ok {
-			out.Name, out.Version = name, version
+		if idName, idVersion, ok := parseSecretID(string(*s.ID)); ok {
+			// Copies, so that the cache keeps neither the id nor the response.
+			if idName != name {
+				out.Name = strings.Clone(idName)
+			}
+			out.Version = strings.Clone(idVersion)
 		}
 	}
 	if s.ContentType != nil {
@@ -270,15 +296,15 @@ func parseSecretID(id string) (name, version string, ok bool) {
 // state, the read's own failure, and work to do outside the lock (logs).
 // rotated forces an OnRotate call for a new version even if none was known
 // before (Rotate wrote it).
-func (p *Provider) apply(e *entry, seq uint64, got fetched, fetchErr error, rotated bool) (*state, *SecretError, []func()) {
+func (p *Provider) apply(e *entry, seq uint32, got fetched, fetchErr error, rotated bool) (*state, *SecretError, []func()) {
 	now := time.Now()
 	var serr *SecretError
 	var fail failure
 	if fetchErr != nil {
 		if errors.Is(fetchErr, errDisabledAnswer) {
-			fail = failure{err: &SecretError{Name: e.name, Version: e.version, Kind: ErrDisabled, Err: fetchErr}, authoritative: true}
+			fail = failure{err: &SecretError{Name: e.name, Version: e.version(), Kind: ErrDisabled, Err: fetchErr}, authoritative: true}
 		} else {
-			fail = classify(e.name, e.version, fetchErr)
+			fail = classify(e.name, e.version(), fetchErr)
 		}
 		serr = fail.err
 	}
@@ -300,21 +326,22 @@ func (p *Provider) apply(e *entry, seq uint64, got fetched, fetchErr error, rota
 	default:
 		next, after = p.applyTransient(e, seq, prev, fail, now)
 	}
-	e.state.Store(next)
+	e.setState(next)
 	return next, serr, after
 }
 
 // applyValue is apply for a successful read: the new state, a rotation
 // event if the version changed, the next refresh and an expiry warning.
 // e.mu is held.
-func (p *Provider) applyValue(e *entry, seq uint64, got fetched, now time.Time, rotated bool) (*state, []func()) {
+func (p *Provider) applyValue(e *entry, seq uint32, got fetched, now time.Time, rotated bool) (*state, []func()) {
 	sec := got.sec
 	log := p.cfg.logger
 	var after []func()
 	next := valueState(got, now, seq, p.cfg.enforceValidity)
 	if e.kind == kindLatest && e.lastVersion != sec.Version && (e.lastVersion != "" || rotated) {
 		p.rotations.Add(1)
-		e.pending = append(e.pending, RotationEvent{
+		x := e.ext()
+		x.pending = append(x.pending, RotationEvent{
 			Vault: p.vaultURL, Name: sec.Name, OldVersion: e.lastVersion, NewVersion: sec.Version,
 			Secret: sec, Detected: now,
 		})
@@ -323,21 +350,27 @@ func (p *Provider) applyValue(e *entry, seq uint64, got fetched, now time.Time, 
 			log.Info("kvsecrets: secret rotated", slog.String("secret", sec.Name),
 				slog.String("oldVersion", old), slog.String("newVersion", sec.Version))
 		})
-		if ve := e.verifier.Load(); ve != nil {
+		if ve := e.verifier(); ve != nil {
 			// Verify must accept the new key at once.
 			after = append(after, func() { p.rereadSoon(ve) })
 		}
 	}
-	e.lastVersion = sec.Version
 	if e.kind == kindLatest {
 		e.noteLatest(sec.Version)
 	}
+	e.lastVersion = sec.Version
 	e.failures = 0
 	if e.kind != kindPinned {
 		p.scheduleAt(e, p.nextRefresh(now, sec.Expires))
+	} else {
+		p.scheduleAt(e, now.Add(min(p.cfg.ttl, p.cfg.idleTimeout)))
 	}
-	if exp := sec.Expires; e.kind != kindVerifier && !exp.IsZero() && e.warned != sec.Version && now.Add(p.cfg.expiryWarning).After(exp) {
-		e.warned = sec.Version
+	warned := ""
+	if x := e.x.Load(); x != nil {
+		warned = x.warned
+	}
+	if exp := sec.Expires; e.kind != kindVerifier && !exp.IsZero() && warned != sec.Version && now.Add(p.cfg.expiryWarning).After(exp) {
+		e.ext().warned = sec.Version
 		msg := "kvsecrets: secret expires soon; rotate it"
 		if !now.Before(exp) {
 			msg = "kvsecrets: secret has expired; rotate it"
@@ -353,10 +386,11 @@ func (p *Provider) applyValue(e *entry, seq uint64, got fetched, now time.Time, 
 // applyRefusal is apply for an authoritative refusal (not found, disabled,
 // forbidden): the value is dropped at once and the answer remembered for
 // NegativeTTL. e.mu is held.
-func (p *Provider) applyRefusal(e *entry, seq uint64, prev *state, fail failure, now time.Time) (*state, []func()) {
-	next := &state{err: fail.err, errUntil: now.Add(p.cfg.negativeTTL), seq: seq}
+func (p *Provider) applyRefusal(e *entry, seq uint32, prev *state, fail failure, now time.Time) (*state, []func()) {
+	until := now.Add(p.cfg.negativeTTL)
+	next := errState(fail.err, until, seq)
 	e.failures = 0
-	p.unschedule(e)
+	p.scheduleAt(e, until) // then forgotten, unless read again
 	// Every other view of the secret the answer concerns stops too, before
 	// the read that saw it completes (see spreadRefusal).
 	hadValue := prev.hasValue
@@ -367,7 +401,7 @@ func (p *Provider) applyRefusal(e *entry, seq uint64, prev *state, fail failure,
 	p.revocations.Add(1)
 	return next, append(after, func() {
 		p.cfg.logger.Warn("kvsecrets: cached secret dropped: the vault refused it",
-			slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
+			slog.String("secret", e.name), slog.String("version", e.version()), slog.Any("error", fail.err))
 	})
 }
 
@@ -385,17 +419,21 @@ func (p *Provider) applyRefusal(e *entry, seq uint64, prev *state, fail failure,
 // and the read that saw the refusal completes once they have.
 func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 	le := e
-	if e.parent != nil {
-		le = e.parent
+	if pe := e.parent(); pe != nil {
+		le = pe
 	}
 	if e.kind == kindPinned {
-		ve := le.verifier.Load()
+		ve := le.verifier()
+		version := e.version()
 		le.mu.Lock()
-		loaded, known := le.lastVersion != "", strings.EqualFold(le.lastVersion, e.version) || slices.Contains(le.history, strings.ToLower(e.version))
+		loaded := le.lastVersion != ""
+		known := strings.EqualFold(le.lastVersion, version) || slices.ContainsFunc(le.history(), func(v string) bool { return strings.EqualFold(v, version) })
 		le.mu.Unlock()
 		if ve != nil {
-			for _, s := range ve.state.Load().accepted {
-				known = known || strings.EqualFold(s.Version, e.version)
+			if ks := ve.state.Load().keys; ks != nil {
+				for _, s := range ks.accepted {
+					known = known || strings.EqualFold(s.Version, version)
+				}
 			}
 		}
 		if !hadValue && !known && fail.err.Kind == ErrNotFound {
@@ -419,15 +457,11 @@ func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 		return
 	}
 	targets := []*entry{le}
-	if ve := le.verifier.Load(); ve != nil {
+	if ve := le.verifier(); ve != nil {
 		targets = append(targets, ve)
 	}
 	if k := fail.err.Kind; k == ErrNotFound || k == ErrForbidden {
-		if m := le.versions.Load(); m != nil {
-			for _, pe := range *m {
-				targets = append(targets, pe)
-			}
-		}
+		targets = append(targets, le.pinnedEntries()...)
 	}
 	for _, t := range targets {
 		if t != e {
@@ -441,103 +475,97 @@ func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 // date once it is stored and will not overwrite it.
 func (p *Provider) refuse(t *entry, fail failure) {
 	err := *fail.err
-	err.Version = t.version
+	err.Version = t.version()
 	now := time.Now()
+	until := now.Add(p.cfg.negativeTTL)
 	t.mu.Lock()
 	prev := t.state.Load()
-	if prev.err != nil && !prev.hasValue && prev.err.Kind == err.Kind && now.Before(prev.errUntil) {
+	if prev == deadState || (prev.remembered(now) && prev.err.Kind == err.Kind) {
 		t.mu.Unlock()
-		return // already refused
+		return // removed, or already refused
 	}
 	t.seq++
 	t.failures = 0
-	p.unschedule(t)
-	t.state.Store(&state{err: &err, errUntil: now.Add(p.cfg.negativeTTL), seq: t.seq})
+	t.setState(errState(&err, until, t.seq))
 	t.mu.Unlock()
+	p.scheduleAt(t, until)
 	if prev.hasValue {
 		p.revocations.Add(1)
 		p.cfg.logger.Warn("kvsecrets: cached secret dropped: the vault refused it",
-			slog.String("secret", t.name), slog.String("version", t.version), slog.Any("error", &err))
+			slog.String("secret", t.name), slog.String("version", err.Version), slog.Any("error", &err))
 	}
 }
 
 // applyTransient is apply for a failure worth retrying: a cached value is
 // served stale up to MaxStale, and a secret that was loaded is retried in
-// the background with backoff. e.mu is held.
-func (p *Provider) applyTransient(e *entry, seq uint64, prev *state, fail failure, now time.Time) (*state, []func()) {
+// the background with a backoff that keeps growing across a MaxStale drop.
+// Until that retry, the failure is remembered, so that callers hear it at
+// once instead of each asking the vault again. e.mu is held.
+func (p *Provider) applyTransient(e *entry, seq uint32, prev *state, fail failure, now time.Time) (*state, []func()) {
 	log := p.cfg.logger
 	latest := e.kind != kindPinned // refreshed in the background
 	wasLoaded := prev.hasValue || (latest && e.lastVersion != "")
 	if wasLoaded {
 		p.refreshFailures.Add(1)
 	}
-	e.failures++
-	wait := p.backoff(e.failures, fail.retryAfter)
+	if e.failures < math.MaxUint16 {
+		e.failures++
+	}
+	wait := p.backoff(int(e.failures), fail.retryAfter)
+	version := e.version()
 	switch {
-	case prev.hasValue && now.Sub(prev.fetched) < p.cfg.maxStale:
-		deadline := prev.fetched.Add(p.cfg.maxStale)
+	case prev.hasValue && !prev.tooOld(now, p.cfg.maxStale):
+		deadline := prev.fetchedAt().Add(p.cfg.maxStale)
 		retry := now.Add(wait)
-		if deadline.Before(retry) {
+		if deadline.Before(retry) || !latest {
 			retry = deadline
+		}
+		p.scheduleAt(e, retry)
+		return prev.staleCopy(seq), []func(){func() {
+			log.Warn("kvsecrets: refresh failed; serving the cached value",
+				slog.String("secret", e.name), slog.String("version", version), slog.Any("error", fail.err),
+				slog.Time("servedUntil", deadline), slog.Duration("retryIn", retry.Sub(now)))
+		}}
+	case wasLoaded:
+		// Keep trying in the background, so that the secret comes back by
+		// itself when the vault does.
+		retry := now.Add(wait)
+		if prev.hasValue {
+			p.staleDrops.Add(1)
 		}
 		if latest {
 			p.scheduleAt(e, retry)
+		} else {
+			p.scheduleAt(e, now.Add(p.cfg.negativeTTL))
 		}
-		return prev.staleCopy(seq), []func(){func() {
-			log.Warn("kvsecrets: refresh failed; serving the cached value",
-				slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err),
-				slog.Time("servedUntil", deadline), slog.Duration("retryIn", retry.Sub(now)))
-		}}
-	case prev.hasValue:
-		p.staleDrops.Add(1)
-		if latest {
-			p.scheduleAt(e, now.Add(wait))
+		msg := "kvsecrets: refresh failed"
+		if prev.hasValue {
+			msg = "kvsecrets: refresh failed past MaxStale; cached value dropped"
 		}
-		return &state{err: fail.err, seq: seq}, []func(){func() {
-			log.Warn("kvsecrets: refresh failed past MaxStale; cached value dropped",
-				slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
+		return errState(fail.err, retry, seq), []func(){func() {
+			log.Warn(msg, slog.String("secret", e.name), slog.String("version", version), slog.Any("error", fail.err),
+				slog.Duration("retryIn", wait))
 		}}
 	default:
-		if wasLoaded {
-			// Keep trying in the background, so that the secret comes
-			// back by itself when the vault does.
-			p.scheduleAt(e, now.Add(wait))
-		}
-		return &state{err: fail.err, seq: seq}, []func(){func() {
+		// A first read that failed: the entry is forgotten unless read
+		// again.
+		p.scheduleAt(e, now.Add(p.cfg.negativeTTL))
+		return errState(fail.err, time.Time{}, seq), []func(){func() {
 			log.Warn("kvsecrets: reading secret failed",
-				slog.String("secret", e.name), slog.String("version", e.version), slog.Any("error", fail.err))
+				slog.String("secret", e.name), slog.String("version", version), slog.Any("error", fail.err))
 		}}
-	}
-}
-
-// dropIfTooStale drops a stale value whose MaxStale has passed. The
-// scheduler calls it when a retry falls due, before reading again, so that
-// the value is not served past its limit while that read runs.
-func (p *Provider) dropIfTooStale(e *entry) {
-	now := time.Now()
-	e.mu.Lock()
-	st := e.state.Load()
-	drop := st.hasValue && st.stale && now.Sub(st.fetched) >= p.cfg.maxStale
-	if drop {
-		// The same seq as the stale state: a read already in flight is
-		// newer and must still be applied when it returns.
-		e.state.Store(&state{err: &SecretError{Name: e.name, Kind: ErrUnavailable,
-			detail: "no successful refresh within MaxStale"}, seq: st.seq})
-	}
-	e.mu.Unlock()
-	if drop {
-		p.staleDrops.Add(1)
-		p.cfg.logger.Warn("kvsecrets: cached value dropped: no successful refresh within MaxStale",
-			slog.String("secret", e.name), slog.Duration("maxStale", p.cfg.maxStale))
 	}
 }
 
 // nextRefresh returns when a secret read at now should be read again: at
 // RefreshAt of TTL plus jitter, or by its exp if that comes first, or, when
-// exp has passed, within ExpiredRecheck.
+// exp has passed, within ExpiredRecheck. The period is the shorter of TTL and MaxStale.
 func (p *Provider) nextRefresh(now, exp time.Time) time.Time {
-	d := time.Duration(float64(p.cfg.ttl) * p.cfg.refreshAt)
-	if j := float64(p.cfg.ttl) * p.cfg.refreshJitter; j >= 1 {
+	// A MaxStale shorter than TTL shortens the period: a value is never
+	// served past MaxStale, so it is refreshed ahead of that too.
+	base := float64(min(p.cfg.ttl, p.cfg.maxStale))
+	d := time.Duration(base * p.cfg.refreshAt)
+	if j := base * p.cfg.refreshJitter; j >= 1 {
 		d += rand.N(time.Duration(j))
 	}
 	d = max(d, time.Millisecond)
@@ -576,21 +604,25 @@ func (p *Provider) backoff(n int, retryAfter time.Duration) time.Duration {
 // every lock. If another goroutine is already making them, it leaves the new
 // ones to it.
 func (p *Provider) drainRotations(e *entry) {
+	x := e.x.Load()
+	if x == nil {
+		return // no rotation was ever seen
+	}
 	e.mu.Lock()
-	if e.draining {
+	if x.draining {
 		e.mu.Unlock()
 		return
 	}
-	e.draining = true
-	for len(e.pending) > 0 {
-		ev := e.pending[0]
-		e.pending = e.pending[1:]
+	x.draining = true
+	for len(x.pending) > 0 {
+		ev := x.pending[0]
+		x.pending = x.pending[1:]
 		e.mu.Unlock()
 		p.callOnRotate(ev)
 		e.mu.Lock()
 	}
-	e.pending = nil
-	e.draining = false
+	x.pending = nil
+	x.draining = false
 	e.mu.Unlock()
 }
 
@@ -609,55 +641,105 @@ func (p *Provider) callOnRotate(ev RotationEvent) {
 	runCallback(func() { p.cfg.onRotate(ev) })
 }
 
-// scheduler runs background refreshes at their due times: one goroutine
-// with a heap of due times and one timer, so that idle secrets cost no
-// goroutine and Close has one thing to stop.
+// scheduler runs background work at its due times: one goroutine with a
+// heap of due times and one timer, started when there is something to
+// wait for and ended when there is nothing, so that a Provider with
+// nothing cached costs no goroutine and Close has one thing to stop. Every
+// live entry has one place in the heap: its next refresh, retry, MaxStale
+// deadline or check (see due). Reads the scheduler starts wait in a queue
+// for one of RefreshConcurrency slots; the loop itself never waits for a
+// slot, so deadlines are kept while the queue is long.
 type scheduler struct {
-	mu   sync.Mutex
-	h    schedHeap
-	wake chan struct{}
+	mu      sync.Mutex
+	h       schedHeap
+	wake    chan struct{}
+	running bool     // the scheduler goroutine runs
+	queue   []*entry // due reads waiting for a slot, in order
+	active  int      // reads the scheduler started, still in flight
 }
 
 type schedItem struct {
-	at  time.Time
-	e   *entry
-	gen uint64
+	at int64 // UnixNano
+	e  *entry
 }
 
+// schedHeap is a min-heap of due times that keeps each entry's position in
+// the entry, so that a new time for an entry moves its item.
 type schedHeap []schedItem
 
 func (h schedHeap) Len() int           { return len(h) }
-func (h schedHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h schedHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *schedHeap) Push(x any)        { *h = append(*h, x.(schedItem)) }
+func (h schedHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h schedHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].e.heapIdx, h[j].e.heapIdx = int32(i), int32(j)
+}
+func (h *schedHeap) Push(x any) {
+	it := x.(schedItem)
+	it.e.heapIdx = int32(len(*h))
+	*h = append(*h, it)
+}
 func (h *schedHeap) Pop() any {
 	old := *h
 	it := old[len(old)-1]
 	old[len(old)-1] = schedItem{}
 	*h = old[:len(old)-1]
+	it.e.heapIdx = -1
 	return it
 }
 
 func (s *scheduler) init() { s.wake = make(chan struct{}, 1) }
 
-// scheduleAt sets e's next background refresh, replacing any earlier plan.
+// scheduleAt sets e's next due time, replacing the one it had.
 func (p *Provider) scheduleAt(e *entry, at time.Time) {
 	s := &p.sched
 	s.mu.Lock()
-	e.schedGen++
-	heap.Push(&s.h, schedItem{at: at, e: e, gen: e.schedGen})
+	if e.dead() {
+		s.mu.Unlock()
+		return
+	}
+	t := at.UnixNano()
+	if i := e.heapIdx; i >= 0 {
+		s.h[i].at = t
+		heap.Fix(&s.h, int(i))
+	} else {
+		heap.Push(&s.h, schedItem{at: t, e: e})
+	}
+	start := !s.running && p.track()
+	if start {
+		s.running = true
+	}
 	s.mu.Unlock()
+	if start {
+		go p.runScheduler()
+		return
+	}
+	p.wakeScheduler()
+}
+
+func (p *Provider) wakeScheduler() {
 	select {
-	case s.wake <- struct{}{}:
+	case p.sched.wake <- struct{}{}:
 	default:
 	}
 }
 
-// unschedule cancels e's next background refresh.
+// unschedule takes e out of the heap.
 func (p *Provider) unschedule(e *entry) {
-	p.sched.mu.Lock()
-	e.schedGen++
-	p.sched.mu.Unlock()
+	s := &p.sched
+	s.mu.Lock()
+	if i := e.heapIdx; i >= 0 {
+		heap.Remove(&s.h, int(i))
+	}
+	s.mu.Unlock()
+}
+
+// release returns the slot of a read the scheduler started.
+func (p *Provider) release() {
+	s := &p.sched
+	s.mu.Lock()
+	s.active--
+	s.mu.Unlock()
+	p.wakeScheduler()
 }
 
 func (p *Provider) runScheduler() {
@@ -666,7 +748,6 @@ func (p *Provider) runScheduler() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	sem := make(chan struct{}, p.cfg.refreshConcurrency)
 	var due []*entry
 	for {
 		now := time.Now()
@@ -674,36 +755,31 @@ func (p *Provider) runScheduler() {
 		wait := time.Duration(-1)
 		s.mu.Lock()
 		for len(s.h) > 0 {
-			if it := s.h[0]; it.at.After(now) {
-				wait = it.at.Sub(now)
+			if at := s.h[0].at; at > now.UnixNano() {
+				wait = time.Duration(at - now.UnixNano())
 				break
 			}
-			it := heap.Pop(&s.h).(schedItem)
-			if it.gen == it.e.schedGen {
-				due = append(due, it.e)
-			}
+			due = append(due, heap.Pop(&s.h).(schedItem).e)
+		}
+		if len(due) == 0 && len(s.h) == 0 && len(s.queue) == 0 {
+			// Nothing to wait for: a new due time starts a new goroutine.
+			s.running = false
+			s.mu.Unlock()
+			return
 		}
 		s.mu.Unlock()
 		for _, e := range due {
-			select {
-			case sem <- struct{}{}:
-			case <-p.ctx.Done():
-				return
+			if p.due(e, now) {
+				s.mu.Lock()
+				if !e.queued {
+					e.queued = true
+					s.queue = append(s.queue, e)
+				}
+				s.mu.Unlock()
 			}
-			p.dropIfTooStale(e)
-			f, err := p.startFlight(e, flightLoad, nil)
-			if err != nil {
-				return // closing
-			}
-			if !p.track() {
-				<-sem
-				return
-			}
-			go func() {
-				defer p.wg.Done()
-				<-f.done
-				<-sem
-			}()
+		}
+		if !p.dispatch() {
+			return // closing
 		}
 		if wait >= 0 {
 			timer.Reset(wait)
@@ -715,5 +791,35 @@ func (p *Provider) runScheduler() {
 			return
 		}
 		timer.Stop()
+	}
+}
+
+// dispatch starts queued reads while slots are free. It reports false once
+// the Provider is closing.
+func (p *Provider) dispatch() bool {
+	s := &p.sched
+	for {
+		s.mu.Lock()
+		if len(s.queue) == 0 || s.active >= p.cfg.refreshConcurrency {
+			s.mu.Unlock()
+			return true
+		}
+		e := s.queue[0]
+		s.queue[0] = nil
+		s.queue = s.queue[1:]
+		e.queued = false
+		s.active++
+		s.mu.Unlock()
+		if e.dead() {
+			p.release()
+			continue
+		}
+		_, started, err := p.beginFlight(e, flightLoad, nil, true)
+		if !started {
+			p.release()
+		}
+		if err != nil {
+			return false
+		}
 	}
 }

@@ -76,8 +76,8 @@ func (p *Provider) Rotate(ctx context.Context, name, value string, opts *RotateO
 			params.Tags[k] = &v
 		}
 	}
-	var keySetSeq uint64 // reads of the key set started after this are fresh
-	if ve := e.verifier.Load(); ve != nil {
+	var keySetSeq uint32 // reads of the key set started after this are fresh
+	if ve := e.verifier(); ve != nil {
 		ve.mu.Lock()
 		keySetSeq = ve.seq
 		ve.mu.Unlock()
@@ -98,14 +98,14 @@ func (p *Provider) Rotate(ctx context.Context, name, value string, opts *RotateO
 	if err != nil {
 		return Secret{}, &SecretError{Name: name, Kind: ErrUnavailable, Err: err, detail: "unexpected answer to the write"}
 	}
-	ve := e.verifier.Load()
+	ve := e.verifier()
 	e.mu.Lock()
 	e.seq++
 	seq := e.seq
 	if e.lastVersion == "" && ve != nil {
 		// Only Verify has read this secret: its key set knows the version replaced.
 		if vs := ve.state.Load(); vs.hasValue {
-			e.lastVersion = vs.secret.Version
+			e.lastVersion = vs.version
 		}
 	}
 	e.mu.Unlock()

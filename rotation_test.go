@@ -82,11 +82,13 @@ func TestRefreshAheadOfTTLInBackground(t *testing.T) {
 	})
 }
 
+// TestRefreshKeepsGoingWithoutReaders: within IdleTimeout, a secret is
+// refreshed whether or not anyone reads it.
 func TestRefreshKeepsGoingWithoutReaders(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		v := newFakeVault()
 		v.set("K", "v1")
-		p := v.newProvider(t, &Options{TTL: time.Second, DisableJitter: true})
+		p := v.newProvider(t, &Options{TTL: time.Second, DisableJitter: true, IdleTimeout: time.Minute})
 		mustGet(t, p, "K", "v1")
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
@@ -163,7 +165,7 @@ func TestExpiryWarningOncePerVersion(t *testing.T) {
 		v.set("K", "v1", withExp(time.Now().Add(20*24*time.Hour)))
 		v.set("Far", "x", withExp(time.Now().Add(300*24*time.Hour)))
 		logs := &logRecorder{}
-		p := v.newProvider(t, &Options{TTL: time.Hour, Logger: slog.New(logs)})
+		p := v.newProvider(t, &Options{TTL: time.Hour, IdleTimeout: 24 * time.Hour, Logger: slog.New(logs)})
 		mustGet(t, p, "K", "v1")
 		mustGet(t, p, "Far", "x")
 		time.Sleep(5 * time.Hour)

@@ -151,5 +151,7 @@ type Stats struct {
 	EventsReceived  uint64 // Event Grid events delivered to EventGridHandler
 	EventsActedOn   uint64 // events that started (or were folded into) a refresh, or were warned about
 	EventsRejected  uint64 // deliveries refused: authentication, size, method or malformed JSON
-	Entries         int    // names, pinned versions and Verify key sets known to the Provider
+	Evictions       uint64 // entries evicted, least recently read first, to stay within Options.MaxEntries
+	IdleDrops       uint64 // entries dropped because nobody read them for Options.IdleTimeout
+	Entries         int    // names, pinned versions and Verify key sets the Provider holds now
 }

@@ -32,6 +32,8 @@ type Provider struct {
 	idx   index
 	hits  counter
 	sched scheduler
+	start time.Time     // epochs count seconds from it
+	epoch atomic.Uint32 // coarse clock for recency (see bounds.go)
 
 	closed  atomic.Bool // read by the cached path
 	mu      sync.Mutex  // guards closing and wg.Add
@@ -43,13 +45,15 @@ type Provider struct {
 	entries                                                         atomic.Int64
 	negativeHits, misses, vaultRequests, refreshes, refreshFailures atomic.Uint64
 	staleServes, rotations, revocations, staleDrops, writes         atomic.Uint64
+	evictions, idleDrops                                            atomic.Uint64
 	eventsReceived, eventsActedOn, eventsRejected                   atomic.Uint64
 }
 
 // NewProvider returns a Provider for the vault at vaultURL (such as
 // "https://myvault.vault.azure.net/"). A nil cred means
 // azidentity.NewDefaultAzureCredential(nil); nil opts means all defaults.
-// It makes no request: secrets are read on first use or by [Provider.Preload].
+// It makes no request and starts no goroutine: secrets are read on first
+// use or by [Provider.Preload].
 func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*Provider, error) {
 	u, err := checkVaultURL(vaultURL)
 	if err != nil {
@@ -77,8 +81,8 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 	p.idx.init()
 	p.ctx, p.cancel = context.WithCancelCause(context.Background())
 	p.sched.init()
-	p.wg.Add(1)
-	go p.runScheduler()
+	p.start = time.Now()
+	p.epoch.Store(1)
 	return p, nil
 }
 
@@ -140,15 +144,16 @@ func (p *Provider) VaultURL() string { return p.vaultURL }
 func (p *Provider) Get(ctx context.Context, name string) (string, error) {
 	if e := (*p.idx.read.Load())[name]; e != nil {
 		if st := e.state.Load(); st.ready && !p.closed.Load() {
+			p.touch(e)
 			p.hits.inc()
-			return st.secret.Value(), nil
+			return string(st.value), nil
 		}
 	}
 	st, err := p.getSlow(ctx, name)
 	if err != nil {
 		return "", err
 	}
-	return st.secret.Value(), nil
+	return string(st.value), nil
 }
 
 // GetSecret is [Provider.Get] with the secret's metadata. Its Tags map is a
@@ -156,15 +161,16 @@ func (p *Provider) Get(ctx context.Context, name string) (string, error) {
 func (p *Provider) GetSecret(ctx context.Context, name string) (Secret, error) {
 	if e := (*p.idx.read.Load())[name]; e != nil {
 		if st := e.state.Load(); st.ready && !p.closed.Load() {
+			p.touch(e)
 			p.hits.inc()
-			return st.secret.clone(), nil
+			return st.secret().clone(), nil
 		}
 	}
 	st, err := p.getSlow(ctx, name)
 	if err != nil {
 		return Secret{}, err
 	}
-	return st.secret.clone(), nil
+	return st.secret().clone(), nil
 }
 
 func (s Secret) clone() Secret {
@@ -188,23 +194,23 @@ func (p *Provider) getSlow(ctx context.Context, name string) (*state, error) {
 // read answers from e's state when it can, and otherwise waits for a read of
 // the vault. name is the spelling the caller used, for errors.
 func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, error) {
+	p.touch(e)
 	st := e.state.Load()
 	seen := st // what this caller decides on; see startFlight
 	now := time.Now()
-	if st.hasValue && e.kind == kindPinned {
+	if st.tooOld(now, p.cfg.maxStale) {
+		// No value is served past MaxStale after its last successful
+		// read, whatever the refresh queue does.
+		st, seen = emptyState, nil
+	} else if st.hasValue && e.kind == kindPinned && now.UnixNano()-st.at >= int64(p.cfg.ttl) {
 		// Pinned versions are not refreshed on a timer: they are
-		// re-validated on use once TTL has passed, and never served past
-		// MaxStale after their last successful read.
-		if now.Sub(st.fetched) >= p.cfg.maxStale {
-			st, seen = emptyState, nil
-		} else if now.Sub(st.fetched) >= p.cfg.ttl {
-			_, _ = p.startFlight(e, flightLoad, nil) // in the background; serve the cached value now
-		}
+		// re-validated on use once TTL has passed.
+		_, _ = p.startFlight(e, flightLoad, nil) // in the background; serve the cached value now
 	}
 	if st.hasValue {
-		return p.serve(st, now, name, e.version, true)
+		return p.serve(st, now, name, e.version(), true)
 	}
-	if st.err != nil && now.Before(st.errUntil) {
+	if st.remembered(now) {
 		p.negativeHits.Add(1)
 		return nil, st.err.as(name)
 	}
@@ -219,7 +225,7 @@ func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, err
 		return nil, ctx.Err()
 	}
 	if f.st.hasValue {
-		return p.serve(f.st, time.Now(), name, e.version, false)
+		return p.serve(f.st, time.Now(), name, e.version(), false)
 	}
 	if f.err != nil {
 		return nil, f.err.as(name)
@@ -227,7 +233,7 @@ func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, err
 	if f.st.err != nil {
 		return nil, f.st.err.as(name)
 	}
-	return nil, &SecretError{Name: name, Version: e.version, Kind: ErrUnavailable}
+	return nil, &SecretError{Name: name, Version: e.version(), Kind: ErrUnavailable}
 }
 
 // serve returns a state with a value, counting a hit if it is one, after the checks the
@@ -278,15 +284,64 @@ func (p *Provider) entryFor(name string) (*entry, error) {
 	defer p.idx.mu.Unlock()
 	e := p.idx.getLocked(canon)
 	if e == nil {
-		e = newEntry(kindLatest, name, canon, "")
-		p.entries.Add(1)
+		e = newEntry(kindLatest, name)
 		p.idx.storeLocked(canon, e)
+		p.addedLocked(e)
 	}
 	if name != canon && p.idx.getLocked(name) == nil && e.aliases < maxAliases {
 		e.aliases++
+		x := e.ext()
+		x.aliases = append(x.aliases, name)
 		p.idx.storeLocked(name, e)
 	}
 	return e, nil
+}
+
+// pinned returns the entry for a pinned version of e, creating it.
+func (p *Provider) pinned(e *entry, version string) *entry {
+	if x := e.x.Load(); x != nil {
+		if pe, ok := x.versions.Load(version); ok {
+			return pe.(*entry)
+		}
+	}
+	p.idx.mu.Lock()
+	defer p.idx.mu.Unlock()
+	x := e.ext()
+	if pe, ok := x.versions.Load(version); ok {
+		return pe.(*entry)
+	}
+	pe := newEntry(kindPinned, e.name)
+	pe.x.Store(&extra{version: version, parent: e})
+	if e.dead() {
+		pe.state.Store(deadState) // answers its caller, caches nothing
+		return pe
+	}
+	x.versions.Store(version, pe)
+	x.nvers++
+	p.addedLocked(pe)
+	return pe
+}
+
+// keySet returns the Verify key set entry of a latest entry, creating it.
+func (p *Provider) keySet(e *entry) *entry {
+	if ve := e.verifier(); ve != nil {
+		return ve
+	}
+	p.idx.mu.Lock()
+	defer p.idx.mu.Unlock()
+	x := e.ext()
+	if ve := x.verifier.Load(); ve != nil {
+		return ve
+	}
+	ve := newEntry(kindVerifier, e.name)
+	ve.x.Store(&extra{parent: e})
+	if e.dead() {
+		ve.state.Store(deadState) // answers its caller, caches nothing
+		return ve
+	}
+	x.verifier.Store(ve)
+	p.addedLocked(ve)
+	return ve
 }
 
 // GetVersion returns a pinned version of the named secret. Versions are
@@ -305,15 +360,12 @@ func (p *Provider) GetVersion(ctx context.Context, name, version string) (Secret
 	if err != nil {
 		return Secret{}, err
 	}
-	pe, created := e.pinned(strings.ToLower(version))
-	if created {
-		p.entries.Add(1)
-	}
+	pe := p.pinned(e, strings.ToLower(version))
 	st, err := p.read(ctx, pe, name)
 	if err != nil {
 		return Secret{}, err
 	}
-	return st.secret.clone(), nil
+	return st.secret().clone(), nil
 }
 
 // Refresh reads the latest version of the named secret now, even if it is
@@ -339,7 +391,7 @@ func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 		return Secret{}, asNamed(err, name)
 	}
 	var vf *flight
-	if ve := e.verifier.Load(); ve != nil {
+	if ve := e.verifier(); ve != nil {
 		if vf, err = p.freshFlight(ctx, ve); err != nil {
 			return Secret{}, asNamed(err, name)
 		}
@@ -363,7 +415,7 @@ func (p *Provider) Refresh(ctx context.Context, name string) (Secret, error) {
 		return Secret{}, &SecretError{Name: name, Kind: vf.err.Kind, Err: vf.err,
 			detail: "read, but Verify's accepted versions could not be re-read"}
 	case f.st.hasValue:
-		return f.st.secret.clone(), nil
+		return f.st.secret().clone(), nil
 	case f.st.err != nil:
 		// The read was overtaken by a newer one, which failed.
 		return Secret{}, f.st.err.as(name)
@@ -463,6 +515,8 @@ func (p *Provider) Stats() Stats {
 		EventsReceived:  p.eventsReceived.Load(),
 		EventsActedOn:   p.eventsActedOn.Load(),
 		EventsRejected:  p.eventsRejected.Load(),
+		Evictions:       p.evictions.Load(),
+		IdleDrops:       p.idleDrops.Load(),
 		Entries:         int(p.entries.Load()),
 	}
 }
@@ -502,6 +556,9 @@ func (p *Provider) Close() error {
 		p.idx.read.Store(&m)
 		p.idx.dirty = nil
 		p.idx.mu.Unlock()
+		p.sched.mu.Lock()
+		p.sched.h, p.sched.queue = nil, nil
+		p.sched.mu.Unlock()
 	}
 	return nil
 }

@@ -47,8 +47,9 @@ var ErrMismatch = errors.New("kvsecrets: presented key does not match")
 // start-up.
 func (p *Provider) Verify(ctx context.Context, name, presented string) (Secret, error) {
 	if e := (*p.idx.read.Load())[name]; e != nil {
-		if ve := e.verifier.Load(); ve != nil {
+		if ve := e.verifier(); ve != nil {
 			if st := ve.state.Load(); st.ready && !p.closed.Load() {
+				p.touch(ve)
 				p.hits.inc()
 				return matchKey(st, presented)
 			}
@@ -61,10 +62,7 @@ func (p *Provider) Verify(ctx context.Context, name, presented string) (Secret, 
 	if err != nil {
 		return Secret{}, err
 	}
-	ve, created := e.keySet()
-	if created {
-		p.entries.Add(1)
-	}
+	ve := p.keySet(e)
 	st, err := p.read(ctx, ve, name)
 	if err != nil {
 		return Secret{}, err
@@ -91,24 +89,25 @@ func (p *Provider) PreloadVerify(ctx context.Context, names ...string) error {
 // and returns the one that matched within its window (nbf, exp, the end
 // of its overlap), checked against the clock now.
 func matchKey(st *state, presented string) (Secret, error) {
+	ks := st.keys
 	if presented == "" {
-		return Secret{}, st.mismatch // no key is never a key, whatever the vault holds
+		return Secret{}, ks.mismatch // no key is never a key, whatever the vault holds
 	}
 	var now time.Time
-	if st.bounded {
+	if ks.bounded {
 		now = time.Now()
 	}
 	found := -1
-	for i := range st.accepted {
-		eq := constantTimeEqual(st.accepted[i].Value(), presented)
-		if eq && found < 0 && (!st.bounded || st.windows[i].open(now)) {
+	for i := range ks.accepted {
+		eq := constantTimeEqual(ks.accepted[i].Value(), presented)
+		if eq && found < 0 && (!ks.bounded || ks.windows[i].open(now)) {
 			found = i
 		}
 	}
 	if found < 0 {
-		return Secret{}, st.mismatch
+		return Secret{}, ks.mismatch
 	}
-	return st.accepted[found].clone(), nil
+	return ks.accepted[found].clone(), nil
 }
 
 // constantTimeEqual reports whether a == b in time that depends only on
@@ -136,7 +135,7 @@ func (p *Provider) fetchKeySet(ctx context.Context, e *entry) (fetched, error) {
 	if err != nil {
 		return fetched{}, err
 	}
-	history := p.sawLatest(e.parent, latest.Version)
+	history := p.sawLatest(e.parent(), latest.Version)
 	accepted := []Secret{latest}
 	windows := []keyWindow{{from: latest.NotBefore, until: latest.Expires}}
 	for _, c := range selectPrevious(latest, listed, history, time.Now(), p.cfg.verifyOverlap, p.cfg.verifyPrevious) {
@@ -215,7 +214,7 @@ func (p *Provider) sawLatest(le *entry, version string) []string {
 	le.mu.Lock()
 	defer le.mu.Unlock()
 	le.noteLatest(version)
-	return slices.Clone(le.history)
+	return slices.Clone(le.history())
 }
 
 // previousVersion is a version Verify accepts besides the latest, until

@@ -464,7 +464,7 @@ func acceptedVersions(t *testing.T, p *Provider, name string) []string {
 		t.Fatalf("Verify: %v", err)
 	}
 	var out []string
-	for _, s := range p.idx.load(strings.ToLower(name)).verifier.Load().state.Load().accepted {
+	for _, s := range p.idx.load(strings.ToLower(name)).verifier().state.Load().keys.accepted {
 		out = append(out, s.Version)
 	}
 	return out
