@@ -159,7 +159,7 @@ func (p *Provider) removeLocked(e *entry) {
 		}
 	case kindPinned:
 		px := x.parent.ext()
-		if px.versions.CompareAndDelete(x.version, e) {
+		if vs := px.versions.Load(); vs != nil && vs.CompareAndDelete(x.version, e) {
 			px.nvers--
 		}
 		p.removeOrphanLocked(x.parent)

@@ -16,14 +16,13 @@ import (
 // sync.Map entry; see BENCHMARKS.md): times are Unix seconds and the
 // [Secret] is built when asked for.
 type state struct {
-	value       redacted // the secret's value; a Secret made by secret points here
-	name        string   // as the vault spells it
-	version     string
-	contentType string
-	tags        map[string]string
-	nbf, exp    int64 // Unix seconds; noTime when unset
-	created     int64
-	updated     int64
+	value    redacted // the secret's value; a Secret made by secret points here
+	name     string   // as the vault spells it
+	version  string
+	meta     *meta // nil when the secret has neither content type nor tags
+	nbf, exp int64 // Unix seconds; noTime when unset
+	created  int64
+	updated  int64
 
 	// at is, with a value, when it was read (UnixNano); without one, until
 	// when err is remembered (zero: not remembered).
@@ -40,6 +39,12 @@ type state struct {
 	hasValue bool // value may be served (until at+MaxStale)
 	stale    bool // the last refresh failed; the value is kept until at+MaxStale
 	validity bool // Options.EnforceValidity and the secret has nbf or exp
+}
+
+// meta is what few secrets have.
+type meta struct {
+	contentType string
+	tags        map[string]string
 }
 
 // noTime marks an unset time in a state.
@@ -92,9 +97,12 @@ var deadState = &state{}
 func valueState(f fetched, at time.Time, seq uint32, enforceValidity bool) *state {
 	s := f.sec
 	st := &state{
-		value: *s.value, name: s.Name, version: s.Version, contentType: s.ContentType, tags: s.Tags,
+		value: *s.value, name: s.Name, version: s.Version,
 		nbf: unixOf(s.NotBefore), exp: unixOf(s.Expires), created: unixOf(s.Created), updated: unixOf(s.Updated),
 		at: at.UnixNano(), seq: seq, hasValue: true,
+	}
+	if s.ContentType != "" || s.Tags != nil {
+		st.meta = &meta{contentType: s.ContentType, tags: s.Tags}
 	}
 	if f.accepted != nil {
 		ks := &keySet{accepted: f.accepted, windows: f.windows, mismatch: &SecretError{Name: s.Name, Kind: ErrMismatch}}
@@ -121,11 +129,15 @@ func errState(err *SecretError, until time.Time, seq uint32) *state {
 // secret returns the Secret st holds. Its Tags are st's own: callers that
 // hand it out clone them.
 func (st *state) secret() Secret {
-	return Secret{
-		Name: st.name, Version: st.version, ContentType: st.contentType, Tags: st.tags,
+	s := Secret{
+		Name: st.name, Version: st.version,
 		NotBefore: timeOf(st.nbf), Expires: timeOf(st.exp), Created: timeOf(st.created), Updated: timeOf(st.updated),
 		value: &st.value,
 	}
+	if m := st.meta; m != nil {
+		s.ContentType, s.Tags = m.contentType, m.tags
+	}
+	return s
 }
 
 // fetchedAt is when a state's value was read.
@@ -245,17 +257,32 @@ type entry struct {
 // pending callbacks and event timing. Its fields are guarded by the
 // entry's mu unless said otherwise.
 type extra struct {
-	version  string                // a pinned version's version; immutable
-	parent   *entry                // of a pinned version or key set: the latest entry of its name; immutable
-	verifier atomic.Pointer[entry] // a latest entry's Verify key set, once used
-	versions sync.Map              // a latest entry's pinned versions: version → *entry (changed under index.mu)
-	nvers    int                   // len(versions); guarded by index.mu
-	aliases  []string              // other spellings of the name in the index; guarded by index.mu
-	history  []string              // versions seen as the latest, oldest first (at most maxHistory)
-	pending  []RotationEvent       // OnRotate calls not yet made, in order
-	draining bool                  // a goroutine is making the pending calls
-	warned   string                // version whose expiry was already warned about
-	eventAt  time.Time             // when the last event-driven refresh started, or is planned
+	version  string                   // a pinned version's version; immutable
+	parent   *entry                   // of a pinned version or key set: the latest entry of its name; immutable
+	verifier atomic.Pointer[entry]    // a latest entry's Verify key set, once used
+	versions atomic.Pointer[sync.Map] // a latest entry's pinned versions: version → *entry (changed under index.mu)
+	nvers    int                      // pinned versions; guarded by index.mu
+	aliases  []string                 // other spellings of the name in the index; guarded by index.mu
+	history  []string                 // versions seen as the latest, oldest first (at most maxHistory)
+	ev       *events                  // made on first use
+}
+
+// events is what an entry keeps about rotations, expiry warnings and
+// Event Grid events; guarded by the entry's mu.
+type events struct {
+	pending  []RotationEvent // OnRotate calls not yet made, in order
+	draining bool            // a goroutine is making the pending calls
+	warned   string          // version whose expiry was already warned about
+	eventAt  time.Time       // when the last event-driven refresh started, or is planned
+}
+
+// events returns e's events, making them. e.mu is held.
+func (e *entry) events() *events {
+	x := e.ext()
+	if x.ev == nil {
+		x.ev = &events{}
+	}
+	return x.ev
 }
 
 func newEntry(kind entryKind, name string) *entry {
@@ -304,8 +331,12 @@ func (e *entry) pinnedEntries() []*entry {
 	if x == nil {
 		return nil
 	}
+	vs := x.versions.Load()
+	if vs == nil {
+		return nil
+	}
 	var out []*entry
-	x.versions.Range(func(_, v any) bool {
+	vs.Range(func(_, v any) bool {
 		out = append(out, v.(*entry))
 		return true
 	})

@@ -1,12 +1,17 @@
 package kvsecrets
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -66,9 +71,13 @@ func (e *SecretError) Error() string {
 	}
 	b.WriteString(": ")
 	b.WriteString(strings.TrimPrefix(e.Kind.Error(), "kvsecrets: "))
-	if e.detail != "" {
+	detail := e.detail
+	if a, ok := e.Err.(*vaultAnswer); ok && detail == "" {
+		detail = a.detail()
+	}
+	if detail != "" {
 		b.WriteString(" (")
-		b.WriteString(e.detail)
+		b.WriteString(detail)
 		b.WriteString(")")
 	}
 	return b.String()
@@ -82,6 +91,181 @@ func (e *SecretError) Unwrap() []error {
 	return []error{e.Kind, e.Err}
 }
 
+// vaultAnswer is what an error keeps of the vault's answer: its status,
+// error codes and message, and not the response with its request, headers
+// and body, so that a remembered miss costs a few hundred bytes. The
+// message is kept as a template shared by every name (Key Vault's 404
+// message differs only by the name). errors.As turns a vaultAnswer into an
+// *azcore.ResponseError carrying a response made of those parts.
+type vaultAnswer struct {
+	name    string
+	version string
+	code    string  // error.code
+	inner   string  // error.innererror.code
+	message string  // error.message, with the secret's name as msgName
+	vault   *string // https://host/ of the Provider that asked, shared
+	waitMS  int32   // the answer's Retry-After, if any
+	status  int16
+	method  uint8 // index in methods
+}
+
+// methods are the request methods a vaultAnswer names.
+var methods = [...]string{http.MethodGet, http.MethodPut, http.MethodPatch, http.MethodPost, http.MethodDelete}
+
+// msgName stands for the secret's name in a message template.
+const msgName = "\x00"
+
+// maxMessage bounds the message kept from an error body.
+const maxMessage = 512
+
+// answerOf keeps the essentials of re, an answer to a request for name.
+func answerOf(re *azcore.ResponseError, vault, name, version string) *vaultAnswer {
+	a := &vaultAnswer{status: int16(min(max(re.StatusCode, 0), 999)), code: intern(re.ErrorCode), vault: internPtr(vault),
+		name: name, version: version, waitMS: int32(min(retryAfter(re.RawResponse), maxRetryAfter) / time.Millisecond)}
+	if re.RawResponse != nil {
+		if r := re.RawResponse.Request; r != nil {
+			for i, m := range methods {
+				if r.Method == m {
+					a.method = uint8(i)
+				}
+			}
+		}
+		code, inner, msg := errorBody(re)
+		if a.code == "" {
+			a.code = intern(code)
+		}
+		a.inner = intern(inner)
+		if len(msg) > maxMessage {
+			msg = msg[:maxMessage]
+		}
+		if name != "" {
+			msg = strings.ReplaceAll(msg, name, msgName)
+		}
+		a.message = intern(msg)
+	}
+	return a
+}
+
+// interned holds strings that many errors repeat (codes, message
+// templates), up to maxInterned of them.
+var (
+	interned    sync.Map
+	internedLen atomic.Int32
+)
+
+const maxInterned = 1024
+
+// internPtr returns a pointer to a shared copy of s, or to a private
+// one once the table is full.
+func internPtr(s string) *string {
+	if v, ok := internedPtrs.Load(s); ok {
+		return v.(*string)
+	}
+	c := strings.Clone(s)
+	if internedLen.Load() >= maxInterned {
+		return &c
+	}
+	v, loaded := internedPtrs.LoadOrStore(c, &c)
+	if !loaded {
+		internedLen.Add(1)
+	}
+	return v.(*string)
+}
+
+var internedPtrs sync.Map
+
+// intern returns a shared copy of s, or a private one once the table is
+// full.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	if v, ok := interned.Load(s); ok {
+		return v.(string)
+	}
+	s = strings.Clone(s)
+	if internedLen.Load() >= maxInterned {
+		return s
+	}
+	if v, loaded := interned.LoadOrStore(s, s); loaded {
+		return v.(string)
+	}
+	internedLen.Add(1)
+	return s
+}
+
+// detail is the short form in a SecretError's message: "404
+// SecretNotFound", "403 Forbidden/SecretDisabled".
+func (a *vaultAnswer) detail() string {
+	d := strconv.Itoa(int(a.status))
+	if a.code != "" {
+		d += " " + a.code
+	}
+	if a.inner != "" {
+		d += "/" + a.inner
+	}
+	return d
+}
+
+// Error describes the answer: status, codes and the service's message.
+func (a *vaultAnswer) Error() string {
+	d := a.detail()
+	if a.message != "" {
+		d += ": " + strings.ReplaceAll(a.message, msgName, a.name)
+	}
+	return d
+}
+
+// As makes errors.As find an *azcore.ResponseError: a new one each time,
+// with a response made of the kept parts (status, codes and message in
+// Key Vault's error body, its Retry-After, and the request's method and
+// URL).
+func (a *vaultAnswer) As(target any) bool {
+	t, ok := target.(**azcore.ResponseError)
+	if !ok {
+		return false
+	}
+	var doc struct {
+		Error struct {
+			Code       string `json:"code,omitempty"`
+			Message    string `json:"message,omitempty"`
+			InnerError *struct {
+				Code string `json:"code"`
+			} `json:"innererror,omitempty"`
+		} `json:"error"`
+	}
+	doc.Error.Code = a.code
+	doc.Error.Message = strings.ReplaceAll(a.message, msgName, a.name)
+	if a.inner != "" {
+		doc.Error.InnerError = &struct {
+			Code string `json:"code"`
+		}{a.inner}
+	}
+	body, _ := json.Marshal(doc)
+	path := "secrets/" + a.name
+	if a.version != "" {
+		path += "/" + a.version
+	}
+	u, err := url.Parse(*a.vault + path)
+	if err != nil {
+		u = &url.URL{}
+	}
+	status := int(a.status)
+	resp := &http.Response{
+		StatusCode: status, Status: strconv.Itoa(status) + " " + http.StatusText(status),
+		Header:  http.Header{"Content-Type": {"application/json; charset=utf-8"}},
+		Body:    io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body)),
+		Request: &http.Request{Method: methods[a.method], URL: u, Header: http.Header{}},
+	}
+	if wait := time.Duration(a.waitMS) * time.Millisecond; wait > 0 {
+		resp.Header.Set("Retry-After", strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
+	}
+	re := &azcore.ResponseError{ErrorCode: a.code, StatusCode: status, RawResponse: resp}
+	_ = re.Error() // makes and caches the message while re is ours alone
+	*t = re
+	return true
+}
+
 // failure is the classification of a fetch error.
 type failure struct {
 	err           *SecretError
@@ -92,7 +276,7 @@ type failure struct {
 // classify maps an error from the SDK to a sentinel. Only answers from the
 // service about the secret itself (404, 403) are authoritative; everything
 // else is transient and leaves a cached value in place.
-func classify(name, version string, err error) failure {
+func classify(vault, name, version string, err error) failure {
 	se := &SecretError{Name: name, Version: version, Err: err}
 	if errors.Is(err, errProviderClosed) {
 		se.Kind = ErrClosed
@@ -104,14 +288,9 @@ func classify(name, version string, err error) failure {
 		se.detail = transportDetail(err)
 		return failure{err: se}
 	}
-	inner := innerCode(re)
-	se.detail = strconv.Itoa(re.StatusCode)
-	if re.ErrorCode != "" {
-		se.detail += " " + re.ErrorCode
-	}
-	if inner != "" {
-		se.detail += "/" + inner
-	}
+	a := answerOf(re, vault, name, version)
+	inner := a.inner
+	se.Err = a // not re: it holds the whole response and its request
 	switch re.StatusCode {
 	case http.StatusNotFound:
 		se.Kind = ErrNotFound
@@ -151,26 +330,32 @@ var (
 	errProviderClosed = errors.New("kvsecrets: provider closing")
 )
 
-// innerCode returns error.innererror.code from a Key Vault error body, or "".
-func innerCode(re *azcore.ResponseError) string {
+// errorBody returns error.code, error.innererror.code and error.message
+// from a Key Vault error body, or "" for each it lacks.
+func errorBody(re *azcore.ResponseError) (code, inner, message string) {
 	if re.RawResponse == nil || re.RawResponse.Body == nil {
-		return ""
+		return "", "", ""
 	}
 	body, err := runtime.Payload(re.RawResponse)
 	if err != nil || len(body) == 0 {
-		return ""
+		return "", "", ""
 	}
 	var doc struct {
 		Error struct {
+			Code       string `json:"code"`
+			Message    string `json:"message"`
 			InnerError *struct {
 				Code string `json:"code"`
 			} `json:"innererror"`
 		} `json:"error"`
 	}
-	if json.Unmarshal(body, &doc) != nil || doc.Error.InnerError == nil {
-		return ""
+	if json.Unmarshal(body, &doc) != nil {
+		return "", "", ""
 	}
-	return doc.Error.InnerError.Code
+	if doc.Error.InnerError != nil {
+		inner = doc.Error.InnerError.Code
+	}
+	return doc.Error.Code, inner, doc.Error.Message
 }
 
 // retryAfter reads the delay a throttling or unavailable answer asks for, in

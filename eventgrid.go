@@ -296,8 +296,8 @@ func (h *eventGridHandler) refresh(e *entry) {
 	if h.opts.Spread > 0 {
 		delay = rand.N(h.opts.Spread)
 	}
-	x := e.ext()
 	e.mu.Lock()
+	x := e.events()
 	switch {
 	case now.Sub(x.eventAt) >= h.window && delay == 0:
 		x.eventAt = now

@@ -116,7 +116,7 @@ func TestHTTPSThrottlingKeepsTheValueAndReadsRetryAfter(t *testing.T) {
 	if !errors.As(err, &re) {
 		t.Fatal("no ResponseError")
 	}
-	if f := classify("K", "", re); f.retryAfter.Seconds() != 120 || f.authoritative {
+	if f := classify("https://v.vault.azure.net/", "K", "", re); f.retryAfter.Seconds() != 120 || f.authoritative {
 		t.Fatalf("classify = %+v", f)
 	}
 	if d := p.backoff(1, 120e9); d.Seconds() != 120 {

@@ -304,7 +304,7 @@ func (p *Provider) apply(e *entry, seq uint32, got fetched, fetchErr error, rota
 		if errors.Is(fetchErr, errDisabledAnswer) {
 			fail = failure{err: &SecretError{Name: e.name, Version: e.version(), Kind: ErrDisabled, Err: fetchErr}, authoritative: true}
 		} else {
-			fail = classify(e.name, e.version(), fetchErr)
+			fail = classify(p.vaultURL, e.name, e.version(), fetchErr)
 		}
 		serr = fail.err
 	}
@@ -340,8 +340,8 @@ func (p *Provider) applyValue(e *entry, seq uint32, got fetched, now time.Time, 
 	next := valueState(got, now, seq, p.cfg.enforceValidity)
 	if e.kind == kindLatest && e.lastVersion != sec.Version && (e.lastVersion != "" || rotated) {
 		p.rotations.Add(1)
-		x := e.ext()
-		x.pending = append(x.pending, RotationEvent{
+		ev := e.events()
+		ev.pending = append(ev.pending, RotationEvent{
 			Vault: p.vaultURL, Name: sec.Name, OldVersion: e.lastVersion, NewVersion: sec.Version,
 			Secret: sec, Detected: now,
 		})
@@ -366,11 +366,11 @@ func (p *Provider) applyValue(e *entry, seq uint32, got fetched, now time.Time, 
 		p.scheduleAt(e, now.Add(min(p.cfg.ttl, p.cfg.idleTimeout)))
 	}
 	warned := ""
-	if x := e.x.Load(); x != nil {
-		warned = x.warned
+	if x := e.x.Load(); x != nil && x.ev != nil {
+		warned = x.ev.warned
 	}
 	if exp := sec.Expires; e.kind != kindVerifier && !exp.IsZero() && warned != sec.Version && now.Add(p.cfg.expiryWarning).After(exp) {
-		e.ext().warned = sec.Version
+		e.events().warned = sec.Version
 		msg := "kvsecrets: secret expires soon; rotate it"
 		if !now.Before(exp) {
 			msg = "kvsecrets: secret has expired; rotate it"
@@ -533,16 +533,19 @@ func (p *Provider) applyTransient(e *entry, seq uint32, prev *state, fail failur
 		if prev.hasValue {
 			p.staleDrops.Add(1)
 		}
+		remember := retry
 		if latest {
 			p.scheduleAt(e, retry)
 		} else {
+			// A pinned version is re-read only when asked for.
+			remember = time.Time{}
 			p.scheduleAt(e, now.Add(p.cfg.negativeTTL))
 		}
 		msg := "kvsecrets: refresh failed"
 		if prev.hasValue {
 			msg = "kvsecrets: refresh failed past MaxStale; cached value dropped"
 		}
-		return errState(fail.err, retry, seq), []func(){func() {
+		return errState(fail.err, remember, seq), []func(){func() {
 			log.Warn(msg, slog.String("secret", e.name), slog.String("version", version), slog.Any("error", fail.err),
 				slog.Duration("retryIn", wait))
 		}}
@@ -604,25 +607,27 @@ func (p *Provider) backoff(n int, retryAfter time.Duration) time.Duration {
 // every lock. If another goroutine is already making them, it leaves the new
 // ones to it.
 func (p *Provider) drainRotations(e *entry) {
+	e.mu.Lock()
 	x := e.x.Load()
-	if x == nil {
+	if x == nil || x.ev == nil {
+		e.mu.Unlock()
 		return // no rotation was ever seen
 	}
-	e.mu.Lock()
-	if x.draining {
+	ev := x.ev
+	if ev.draining {
 		e.mu.Unlock()
 		return
 	}
-	x.draining = true
-	for len(x.pending) > 0 {
-		ev := x.pending[0]
-		x.pending = x.pending[1:]
+	ev.draining = true
+	for len(ev.pending) > 0 {
+		r := ev.pending[0]
+		ev.pending = ev.pending[1:]
 		e.mu.Unlock()
-		p.callOnRotate(ev)
+		p.callOnRotate(r)
 		e.mu.Lock()
 	}
-	x.pending = nil
-	x.draining = false
+	ev.pending = nil
+	ev.draining = false
 	e.mu.Unlock()
 }
 

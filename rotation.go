@@ -85,7 +85,7 @@ func (p *Provider) Rotate(ctx context.Context, name, value string, opts *RotateO
 	p.writes.Add(1)
 	resp, err := p.client.SetSecret(ctx, e.name, params, nil)
 	if err != nil {
-		f := classify(name, "", err)
+		f := classify(p.vaultURL, name, "", err)
 		if errors.Is(f.err, ErrForbidden) {
 			f.err.detail += `; writing a new version needs the "Key Vault Secrets Officer" role`
 		}

@@ -300,14 +300,21 @@ func (p *Provider) entryFor(name string) (*entry, error) {
 // pinned returns the entry for a pinned version of e, creating it.
 func (p *Provider) pinned(e *entry, version string) *entry {
 	if x := e.x.Load(); x != nil {
-		if pe, ok := x.versions.Load(version); ok {
-			return pe.(*entry)
+		if vs := x.versions.Load(); vs != nil {
+			if pe, ok := vs.Load(version); ok {
+				return pe.(*entry)
+			}
 		}
 	}
 	p.idx.mu.Lock()
 	defer p.idx.mu.Unlock()
 	x := e.ext()
-	if pe, ok := x.versions.Load(version); ok {
+	vs := x.versions.Load()
+	if vs == nil {
+		vs = new(sync.Map)
+		x.versions.Store(vs)
+	}
+	if pe, ok := vs.Load(version); ok {
 		return pe.(*entry)
 	}
 	pe := newEntry(kindPinned, e.name)
@@ -316,7 +323,7 @@ func (p *Provider) pinned(e *entry, version string) *entry {
 		pe.state.Store(deadState) // answers its caller, caches nothing
 		return pe
 	}
-	x.versions.Store(version, pe)
+	vs.Store(version, pe)
 	x.nvers++
 	p.addedLocked(pe)
 	return pe
