@@ -253,8 +253,8 @@ func (a *vaultAnswer) As(target any) bool {
 	status := int(a.status)
 	resp := &http.Response{
 		StatusCode: status, Status: strconv.Itoa(status) + " " + http.StatusText(status),
-		Header:  http.Header{"Content-Type": {"application/json; charset=utf-8"}},
-		Body:    io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body)),
+		Header: http.Header{"Content-Type": {"application/json; charset=utf-8"}},
+		Body:   io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body)),
 		Request: &http.Request{Method: methods[a.method], URL: u, Header: http.Header{}},
 	}
 	if wait := time.Duration(a.waitMS) * time.Millisecond; wait > 0 {
