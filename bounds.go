@@ -70,7 +70,9 @@ func (p *Provider) addedLocked(e *entry) {
 	now := time.Now()
 	ep := p.tick(now)
 	e.seen.Store(ep)
-	e.checked, e.usedAt = ep, ep
+	// The read that creates e is its use now; only reads from the next
+	// epoch on count at the first check.
+	e.checked, e.usedAt = ep+1, ep
 	p.entries.Add(1)
 	p.scheduleAt(e, now.Add(p.cfg.negativeTTL+p.cfg.fetchTimeout))
 	for p.entries.Load() > int64(p.cfg.maxEntries) {

@@ -412,6 +412,7 @@ type index struct {
 	mu     sync.Mutex
 	dirty  map[string]*entry // nil when read holds everything
 	misses int
+	peak   int // the most keys dirty held since it was last made afresh
 }
 
 func (x *index) init() {
@@ -473,6 +474,16 @@ func (x *index) deleteLocked(key string, e *entry) {
 		x.dirty = maps.Clone(*x.read.Load())
 	}
 	delete(x.dirty, key)
+	x.peak = max(x.peak, len(x.dirty)+1)
+	if len(x.dirty) < x.peak/4 {
+		// A Go map keeps its size when keys are deleted: after a flood
+		// of names has gone, copy what is left into a map of its size.
+		m := make(map[string]*entry, len(x.dirty))
+		for k, e := range x.dirty {
+			m[k] = e
+		}
+		x.dirty, x.peak = m, len(m)
+	}
 	if len(x.dirty) <= 64 {
 		x.publishLocked()
 	}

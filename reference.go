@@ -11,11 +11,21 @@ import (
 
 // ErrInvalidReference: a reference does not follow the grammar Resolve
 // accepts. ErrHostNotAllowed: it names a vault host the Provider may not
-// send its token to.
+// send its token to. ErrTooManyVaults: it names one more vault than a
+// Provider serves (MaxOtherVaults besides its own).
 var (
 	ErrInvalidReference = errors.New("kvsecrets: invalid secret reference")
 	ErrHostNotAllowed   = errors.New("kvsecrets: vault host not allowed")
+	ErrTooManyVaults    = errors.New("kvsecrets: too many vaults")
 )
+
+// MaxOtherVaults bounds the vaults besides its own that one Provider's
+// references may name: each gets a Provider of its own, for the Provider's
+// lifetime. A service reads secrets from a handful of vaults; references
+// naming more are refused with ErrTooManyVaults before any request, so
+// that references chosen by others cannot make the Provider grow without
+// bound.
+const MaxOtherVaults = 64
 
 // vaultSuffixes are Key Vault's DNS suffixes: public, China, US
 // Government and Germany clouds, and Managed HSM.
@@ -242,7 +252,9 @@ func vaultSuffixOf(host string) string {
 // A reference with a version is served as a pinned version (GetVersion);
 // one without, as the latest (Get). References to other vaults are served
 // by Providers made on first use with the same credential and options, and
-// closed with this one. A reference may only name a host under Key Vault's
+// closed with this one; they start no goroutine until they cache
+// something, and at most [MaxOtherVaults] are made (ErrTooManyVaults past
+// that). A reference may only name a host under Key Vault's
 // DNS suffixes (public and sovereign clouds, Managed HSM), this Provider's
 // own host, or a host in Options.AllowedVaultHosts: the application's token
 // is never sent anywhere else. VaultName takes the DNS suffix of this
@@ -305,6 +317,9 @@ func (p *Provider) vaultFor(host string) (*Provider, error) {
 	}
 	if c := p.others[host]; c != nil {
 		return c, nil
+	}
+	if len(p.others) >= MaxOtherVaults {
+		return nil, fmt.Errorf("%w: references have named %d vaults besides this Provider's; a Provider serves at most MaxOtherVaults (%d) others", ErrTooManyVaults, len(p.others), MaxOtherVaults)
 	}
 	opts := p.opts
 	c, err := NewProvider("https://"+host+"/", p.cred, &opts)

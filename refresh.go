@@ -734,8 +734,17 @@ func (p *Provider) unschedule(e *entry) {
 	s.mu.Lock()
 	if i := e.heapIdx; i >= 0 {
 		heap.Remove(&s.h, int(i))
+		s.shrinkLocked()
 	}
 	s.mu.Unlock()
+}
+
+// shrinkLocked gives back what a flood of names made the heap grow to.
+// s.mu is held.
+func (s *scheduler) shrinkLocked() {
+	if len(s.h) < cap(s.h)/4 && cap(s.h) > 64 {
+		s.h = slices.Clone(s.h)
+	}
 }
 
 // release returns the slot of a read the scheduler started.
@@ -766,6 +775,7 @@ func (p *Provider) runScheduler() {
 			}
 			due = append(due, heap.Pop(&s.h).(schedItem).e)
 		}
+		s.shrinkLocked()
 		if len(due) == 0 && len(s.h) == 0 && len(s.queue) == 0 {
 			// Nothing to wait for: a new due time starts a new goroutine.
 			s.running = false
@@ -785,6 +795,13 @@ func (p *Provider) runScheduler() {
 		}
 		if !p.dispatch() {
 			return // closing
+		}
+		if len(due) > 0 {
+			clear(due) // hold no removed entry
+			if cap(due) > 1024 {
+				due = nil
+			}
+			continue // what they did may have changed the heap
 		}
 		if wait >= 0 {
 			timer.Reset(wait)

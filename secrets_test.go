@@ -430,7 +430,7 @@ func TestPinnedVersionStaleRulesAndRevocation(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		v := newFakeVault()
 		v1 := v.set("K", "v1")
-		p := v.newProvider(t, &Options{TTL: time.Hour, MaxStale: 3 * time.Hour})
+		p := v.newProvider(t, &Options{TTL: time.Hour, MaxStale: 3 * time.Hour, IdleTimeout: 24 * time.Hour})
 		ctx := context.Background()
 		get := func() (Secret, error) { return p.GetVersion(ctx, "K", v1) }
 		if _, err := get(); err != nil {

@@ -1,0 +1,5 @@
+//go:build !race
+
+package kvsecrets
+
+const raceEnabled = false
