@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -28,6 +29,11 @@ const (
 // maxEventBody is the largest delivery accepted (Event Grid's own limit for
 // a batch is 1 MB).
 const maxEventBody = 1 << 20
+
+// maxEvents is the most events a delivery may hold (Event Grid's own limit
+// for a batch is 5,000). 1 MiB holds 349,525 empty events: counting them
+// first keeps such a delivery from costing a decoding of each.
+const maxEvents = 5000
 
 // EventGridOptions configure [Provider.EventGridHandler].
 type EventGridOptions struct {
@@ -88,9 +94,10 @@ type ExpiryEvent struct {
 // ignored.
 //
 // Deliveries must pass SharedSecret and/or Authorize (else 401); bodies
-// over 1 MiB get 413, malformed JSON 400, methods other than POST and
-// OPTIONS 405, and none of them changes anything. Stats count events
-// received and acted on, and deliveries rejected.
+// over 1 MiB or of more than 5,000 events (Event Grid's own limits for a
+// batch) get 413, malformed JSON 400, methods other than POST and OPTIONS
+// 405, and none of them changes anything. Stats count events received and
+// acted on, and deliveries rejected.
 func (p *Provider) EventGridHandler(opts *EventGridOptions) http.Handler {
 	h := &eventGridHandler{p: p, secretParam: "key", window: time.Second}
 	if opts != nil {
@@ -179,7 +186,11 @@ func (h *eventGridHandler) readEvents(w http.ResponseWriter, r *http.Request) ([
 	events, err := parseEvents(body)
 	if err != nil {
 		h.p.eventsRejected.Add(1)
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		code := http.StatusBadRequest
+		if err == errTooManyEvents {
+			code = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, err.Error(), code)
 		return nil, false
 	}
 	return events, true
@@ -328,20 +339,33 @@ type gridEvent struct {
 	ValidationCode string
 }
 
-var errNotJSON = errors.New("malformed JSON: want an event object or an array of events")
+var (
+	errNotJSON       = errors.New("malformed JSON: want an event object or an array of events")
+	errTooManyEvents = fmt.Errorf("delivery holds more than %d events", maxEvents)
+)
 
 // parseEvents reads a delivery in the Event Grid schema or CloudEvents 1.0,
 // single or batched. It tolerates what real payloads hold: keys with stray
-// spaces or other case, NBF and EXP as strings, numbers or null.
+// spaces or other case, NBF and EXP as strings, numbers or null. A batch of
+// more than maxEvents is errTooManyEvents, found without decoding it.
 func parseEvents(body []byte) ([]gridEvent, error) {
 	body = bytes.TrimSpace(body)
+	if !json.Valid(body) {
+		return nil, errNotJSON
+	}
 	var raws []json.RawMessage
-	switch {
-	case len(body) > 0 && body[0] == '[':
+	switch body[0] {
+	case '[':
+		n := 0
+		for range jsonItems(body) {
+			if n++; n > maxEvents {
+				return nil, errTooManyEvents
+			}
+		}
 		if err := json.Unmarshal(body, &raws); err != nil {
 			return nil, errNotJSON
 		}
-	case len(body) > 0 && body[0] == '{':
+	case '{':
 		raws = []json.RawMessage{body}
 	default:
 		return nil, errNotJSON
@@ -404,6 +428,84 @@ func looseUnix(raw json.RawMessage) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(int64(f), 0).UTC()
+}
+
+// jsonItems yields the elements of a JSON array, or the members of a JSON
+// object (key still quoted, value), that b holds from its first byte. b
+// must be valid JSON (json.Valid): this only walks it, without allocating
+// or checking its syntax again.
+func jsonItems(b []byte) iter.Seq2[[]byte, []byte] {
+	return func(yield func(key, value []byte) bool) {
+		i := 1 // past '[' or '{'
+		for {
+			i = skipJSONSpace(b, i)
+			switch b[i] {
+			case ']', '}':
+				return
+			case ',':
+				i = skipJSONSpace(b, i+1)
+			}
+			var key []byte
+			if b[0] == '{' {
+				end := jsonValueEnd(b, i)
+				key = b[i:end]
+				i = skipJSONSpace(b, skipJSONSpace(b, end)+1) // past ':'
+			}
+			end := jsonValueEnd(b, i)
+			if !yield(key, b[i:end]) {
+				return
+			}
+			i = end
+		}
+	}
+}
+
+// jsonValueEnd returns the index just past the valid JSON value that
+// starts at b[i], tracking only strings, their escapes and nesting.
+func jsonValueEnd(b []byte, i int) int {
+	depth := 0
+	for {
+		switch b[i] {
+		case '"':
+			for i++; b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					i++ // the escaped byte cannot end the string
+				}
+			}
+			i++
+		case '{', '[':
+			depth++
+			i++
+		case '}', ']':
+			depth--
+			i++
+		case ' ', '\t', '\n', '\r', ',', ':':
+			i++
+		default: // a number, true, false or null
+			for i < len(b) && !isJSONDelim(b[i]) {
+				i++
+			}
+		}
+		if depth == 0 {
+			return i
+		}
+	}
+}
+
+func skipJSONSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// isJSONDelim reports whether c may follow a number, true, false or null.
+func isJSONDelim(c byte) bool {
+	switch c {
+	case ' ', '\t', '\n', '\r', ',', ':', ']', '}':
+		return true
+	}
+	return false
 }
 
 // parseEventID splits a secret id https://VAULT/secrets/NAME[/VERSION] into

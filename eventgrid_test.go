@@ -301,3 +301,41 @@ func TestEventGridSpreadDelaysTheRefresh(t *testing.T) {
 		}
 	})
 }
+
+func TestEventGridCapsEventsPerDelivery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v, p := sampleVault(t, nil)
+		v.set("newsecret", "new-value")
+		h := p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true})
+		// n events of which the first would refresh newsecret.
+		batch := func(n int) []byte {
+			b := []byte(`[{"eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{"Id":"https://sample-kv.vault.azure.net/secrets/newsecret"}}`)
+			for range n - 1 {
+				b = append(b, `,{"eventType":"Microsoft.Storage.BlobCreated","data":{"url":"https://a.blob.core.windows.net/c/b"}}`...)
+			}
+			return append(b, ']')
+		}
+		for _, body := range [][]byte{batch(maxEvents + 1), junkEmptyEvents()} {
+			w := deliver(h, "POST", "/e", body, nil)
+			if w.Code != http.StatusRequestEntityTooLarge || !strings.Contains(w.Body.String(), "more than 5000 events") {
+				t.Fatalf("%d bytes: %d %s", len(body), w.Code, w.Body)
+			}
+		}
+		synctest.Wait()
+		if n := v.count("newsecret"); n != 1 {
+			t.Fatalf("refused deliveries read the vault: %d reads", n)
+		}
+		mustGet(t, p, "newsecret", "old-value")
+		if st := p.Stats(); st.EventsRejected != 2 || st.EventsReceived != 0 || st.EventsActedOn != 0 {
+			t.Fatalf("stats = %+v", st)
+		}
+		if w := deliver(h, "POST", "/e", batch(maxEvents), nil); w.Code != http.StatusOK {
+			t.Fatalf("%d events: %d %s", maxEvents, w.Code, w.Body)
+		}
+		synctest.Wait()
+		mustGet(t, p, "newsecret", "new-value")
+		if st := p.Stats(); st.EventsRejected != 2 || st.EventsReceived != maxEvents || st.EventsActedOn != 1 {
+			t.Fatalf("stats = %+v", st)
+		}
+	})
+}
