@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Event Grid event types this package understands.
@@ -331,7 +332,7 @@ func (h *eventGridHandler) refresh(e *entry) {
 
 // gridEvent is the part of an event, in either schema, that matters here.
 type gridEvent struct {
-	Type           string
+	Type           string // one of the types handled here, else ""
 	ID             string // data.Id
 	ObjectType     string
 	NotBefore      time.Time
@@ -348,82 +349,154 @@ var (
 // single or batched. It tolerates what real payloads hold: keys with stray
 // spaces or other case, NBF and EXP as strings, numbers or null. A batch of
 // more than maxEvents is errTooManyEvents, found without decoding it.
+//
+// The body is checked once with json.Valid, then walked in place: an event
+// of a type not handled here allocates nothing, so that a delivery costs
+// in proportion to what it holds for us, not to its size.
 func parseEvents(body []byte) ([]gridEvent, error) {
 	body = bytes.TrimSpace(body)
 	if !json.Valid(body) {
 		return nil, errNotJSON
 	}
-	var raws []json.RawMessage
-	switch body[0] {
-	case '[':
-		n := 0
-		for range jsonItems(body) {
-			if n++; n > maxEvents {
-				return nil, errTooManyEvents
-			}
-		}
-		if err := json.Unmarshal(body, &raws); err != nil {
-			return nil, errNotJSON
-		}
-	case '{':
-		raws = []json.RawMessage{body}
-	default:
+	if body[0] == '{' {
+		return []gridEvent{parseEvent(body)}, nil
+	}
+	if body[0] != '[' {
 		return nil, errNotJSON
 	}
-	out := make([]gridEvent, 0, len(raws))
-	for _, raw := range raws {
-		env, err := looseObject(raw)
-		if err != nil {
+	n := 0
+	for range jsonItems(body) {
+		if n++; n > maxEvents {
+			return nil, errTooManyEvents
+		}
+	}
+	out := make([]gridEvent, 0, n)
+	for _, raw := range jsonItems(body) {
+		switch raw[0] {
+		case '{':
+			out = append(out, parseEvent(raw))
+		case 'n':
+			out = append(out, gridEvent{}) // null: an event of no type, as ever
+		default:
 			return nil, errNotJSON
 		}
-		var ev gridEvent
-		ev.Type = looseString(env["eventtype"])
-		if ev.Type == "" {
-			ev.Type = looseString(env["type"])
-		}
-		if d, ok := env["data"]; ok && len(bytes.TrimSpace(d)) > 0 && bytes.TrimSpace(d)[0] == '{' {
-			data, err := looseObject(d)
-			if err != nil {
-				return nil, errNotJSON
-			}
-			ev.ID = looseString(data["id"])
-			ev.ObjectType = looseString(data["objecttype"])
-			ev.NotBefore = looseUnix(data["nbf"])
-			ev.Expires = looseUnix(data["exp"])
-			ev.ValidationCode = looseString(data["validationcode"])
-		}
-		out = append(out, ev)
 	}
 	return out, nil
 }
 
-// looseObject decodes a JSON object with keys trimmed and lower-cased.
-func looseObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, err
+// parseEvent reads one event, a valid JSON object. Of keys that differ
+// only in case or spacing, the last counts.
+func parseEvent(obj []byte) gridEvent {
+	var key [16]byte
+	var eventType, typ, data []byte
+	for k, v := range jsonItems(obj) {
+		switch string(looseKey(&key, k)) {
+		case "eventtype":
+			eventType = v
+		case "type":
+			typ = v
+		case "data":
+			data = v
+		}
 	}
-	out := make(map[string]json.RawMessage, len(m))
-	for k, v := range m {
-		out[strings.ToLower(strings.TrimSpace(k))] = v
+	if len(looseBytes(eventType)) == 0 {
+		eventType = typ // CloudEvents
 	}
-	return out, nil
+	ev := gridEvent{Type: handledType(eventType)}
+	if ev.Type == "" || len(data) == 0 || data[0] != '{' {
+		return ev // not ours: its data is never read
+	}
+	var id, objectType, nbf, exp, code []byte
+	for k, v := range jsonItems(data) {
+		switch string(looseKey(&key, k)) {
+		case "id":
+			id = v
+		case "objecttype":
+			objectType = v
+		case "nbf":
+			nbf = v
+		case "exp":
+			exp = v
+		case "validationcode":
+			code = v
+		}
+	}
+	ev.ID = looseString(id)
+	ev.ObjectType = looseString(objectType)
+	ev.NotBefore = looseUnix(nbf)
+	ev.Expires = looseUnix(exp)
+	ev.ValidationCode = looseString(code)
+	return ev
 }
 
-// looseString returns a JSON string trimmed, or "" for anything else.
-func looseString(raw json.RawMessage) string {
-	var s string
-	if json.Unmarshal(raw, &s) != nil {
-		return ""
+// handledType returns the event type that raw holds if it is one handled
+// here, else "".
+func handledType(raw []byte) string {
+	switch string(looseBytes(raw)) {
+	case EventSecretNewVersionCreated:
+		return EventSecretNewVersionCreated
+	case EventSecretNearExpiry:
+		return EventSecretNearExpiry
+	case EventSecretExpired:
+		return EventSecretExpired
+	case eventSubscriptionValidation:
+		return eventSubscriptionValidation
 	}
-	return strings.TrimSpace(s)
+	return ""
+}
+
+// looseKey decodes a member's quoted key, trims it and lower-cases it into
+// buf, and returns it; nil if it is longer than buf, as no key read here is.
+func looseKey(buf *[16]byte, quoted []byte) []byte {
+	k := looseBytes(quoted)
+	for _, c := range k {
+		if c >= utf8.RuneSelf {
+			k = []byte(strings.ToLower(string(k))) // by Unicode's rules (rare)
+			break
+		}
+	}
+	if len(k) > len(buf) {
+		return nil
+	}
+	for i, c := range k {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return buf[:len(k)]
+}
+
+// looseBytes returns a JSON string decoded and trimmed, or nil for
+// anything else. It allocates only for a string with escapes or bytes that
+// are not UTF-8, which it decodes as encoding/json does.
+func looseBytes(raw []byte) []byte {
+	if len(raw) == 0 || raw[0] != '"' {
+		return nil
+	}
+	s := raw[1 : len(raw)-1]
+	if bytes.IndexByte(s, '\\') >= 0 || !utf8.Valid(s) {
+		var d string
+		json.Unmarshal(raw, &d)
+		s = []byte(d)
+	}
+	return bytes.TrimSpace(s)
+}
+
+// looseString returns a JSON string decoded and trimmed, or "" for
+// anything else.
+func looseString(raw []byte) string {
+	return string(looseBytes(raw))
 }
 
 // looseUnix reads Unix seconds given as a number or a string; zero for
 // null, absent or anything else.
 func looseUnix(raw json.RawMessage) time.Time {
-	s := strings.Trim(strings.TrimSpace(string(raw)), `"`)
-	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	s := strings.TrimSpace(strings.Trim(strings.TrimSpace(string(raw)), `"`))
+	if s == "" || s == "null" {
+		return time.Time{} // spares ParseFloat's error
+	}
+	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || f <= 0 || f > 1e11 {
 		return time.Time{}
 	}
