@@ -497,7 +497,7 @@ func looseUnix(raw json.RawMessage) time.Time {
 		return time.Time{} // spares ParseFloat's error
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f <= 0 || f > 1e11 {
+	if err != nil || !(f > 0 && f <= 1e11) { // so NaN too
 		return time.Time{}
 	}
 	return time.Unix(int64(f), 0).UTC()

@@ -261,6 +261,18 @@ func TestParseEventsQuirks(t *testing.T) {
 	}
 }
 
+func TestParseEventsUnixTimes(t *testing.T) {
+	for raw, want := range map[string]int64{
+		`1559082102`: 1559082102, `"1559082102"`: 1559082102, `" 1559082102 "`: 1559082102, `1559082102.9`: 1559082102,
+		`null`: 0, ``: 0, `""`: 0, `"soon"`: 0, `-5`: 0, `0`: 0, `1e12`: 0, `"Inf"`: 0, `"NaN"`: 0, `"nan"`: 0,
+	} {
+		got := looseUnix(json.RawMessage(raw))
+		if want == 0 && !got.IsZero() || want != 0 && got.Unix() != want {
+			t.Errorf("looseUnix(%s) = %v, want %d", raw, got, want)
+		}
+	}
+}
+
 func FuzzParseEvents(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join(recordings.EventGridDir(), "*.json"))
 	for _, file := range files {
