@@ -3,10 +3,15 @@ package kvsecrets
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets/fake"
 
 	"github.com/kvsecrets/kvsecrets/kvtest"
 )
@@ -89,5 +94,59 @@ func BenchmarkHostileMemoryPerMissingName(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// anyVersionVault answers every GetSecret with a value for the version
+// asked, holding nothing, so that what grows is the Provider's alone.
+func anyVersionVault(b testing.TB, o *Options) *Provider {
+	srv := &fake.Server{GetSecret: func(_ context.Context, name, version string, _ *azsecrets.GetSecretOptions) (resp azfake.Responder[azsecrets.GetSecretResponse], errResp azfake.ErrorResponder) {
+		if version == "" {
+			version = "0000000000000000000000000000000a"
+		}
+		id := azsecrets.ID(fakeVaultURL + "secrets/" + name + "/" + version)
+		value := "value-of-" + version
+		resp.SetResponse(http.StatusOK, azsecrets.GetSecretResponse{Secret: azsecrets.Secret{ID: &id, Value: &value}}, nil)
+		return
+	}}
+	opts := Options{}
+	if o != nil {
+		opts = *o
+	}
+	opts.ClientOptions = &azsecrets.ClientOptions{ClientOptions: policyOptions(fake.NewServerTransport(srv))}
+	p, err := NewProvider(fakeVaultURL, &azfake.TokenCredential{}, &opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	return p
+}
+
+// BenchmarkHostilePinnedVersions pins 4 blocks of 4,000 new versions of
+// one name and reports the time each block takes, the last against the
+// first (flat: about 1), and the heap each pinned version keeps.
+func BenchmarkHostilePinnedVersions(b *testing.B) {
+	const block, blocks = 4000, 4
+	for b.Loop() {
+		p := anyVersionVault(b, &Options{MaxEntries: 2 * block * blocks})
+		if _, err := p.Get(context.Background(), "K"); err != nil {
+			b.Fatal(err)
+		}
+		before := heapNow()
+		var took []time.Duration
+		for k := range blocks {
+			start := time.Now()
+			for i := range block {
+				version := fmt.Sprintf("%032x", k*block+i+1)
+				if _, err := p.GetVersion(context.Background(), "K", version); err != nil {
+					b.Fatal(err)
+				}
+			}
+			took = append(took, time.Since(start))
+		}
+		b.ReportMetric(float64(heapNow()-before)/(block*blocks), "bytes/version")
+		b.ReportMetric(float64(took[0].Microseconds()), "µs/first-block")
+		b.ReportMetric(float64(took[blocks-1].Microseconds()), "µs/last-block")
+		b.ReportMetric(float64(took[blocks-1])/float64(took[0]), "last/first")
 	}
 }
