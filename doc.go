@@ -19,7 +19,12 @@
 //
 // Every cached secret is re-read in the background before its TTL ends, at
 // 75–90% of it (Options.RefreshAt, Options.RefreshJitter) so that a fleet
-// does not refresh in step, whether or not anyone reads it. A secret whose
+// does not refresh in step, as long as someone reads it: a secret nobody
+// reads for Options.IdleTimeout (2 TTLs) is dropped instead, and read again
+// when next asked for. The Provider holds at most Options.MaxEntries
+// entries, evicting the least recently read past that, and forgets misses
+// once Options.NegativeTTL has passed, so that names callers invent cannot
+// grow it without bound. A secret whose
 // expiry (exp) comes first is re-read by then, so a version rotated in ahead
 // of expiry is picked up; after exp it is re-checked every
 // Options.ExpiredRecheck. A warning is logged once per version within
