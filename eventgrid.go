@@ -49,9 +49,9 @@ type EventGridOptions struct {
 	// for example a check of the Entra ID bearer token Event Grid sends.
 	// With both SharedSecret and Authorize set, both must pass.
 	Authorize func(*http.Request) error
-	// AllowUnauthenticated accepts deliveries with neither check. Without
-	// it, a handler with neither check refuses every delivery. For local
-	// trials only.
+	// AllowUnauthenticated accepts deliveries with neither check. For
+	// local trials only. A handler with neither check and without it
+	// could never accept a delivery, so EventGridHandler panics.
 	AllowUnauthenticated bool
 	// CoalesceWindow folds the refreshes that events ask for within this
 	// interval into one per secret, so that a replayed or forged burst
@@ -94,7 +94,13 @@ type ExpiryEvent struct {
 // vaults, keys and certificates, secrets not cached — is acknowledged and
 // ignored.
 //
-// Deliveries must pass SharedSecret and/or Authorize (else 401); bodies
+// Deliveries must pass SharedSecret and/or Authorize (else 401). Without
+// either (nil opts, or an empty SharedSecret such as an unset environment
+// variable) and without AllowUnauthenticated, EventGridHandler panics, as
+// http.ServeMux does for a bad pattern: such a handler would refuse every
+// delivery, the subscription's validation handshake included, and the
+// subscription would fail in the portal with nothing said on the service's
+// side. Bodies
 // over 1 MiB or of more than 5,000 events (Event Grid's own limits for a
 // batch) get 413, malformed JSON 400, methods other than POST and OPTIONS
 // 405, and none of them changes anything. Stats count events received and
@@ -111,13 +117,18 @@ func (p *Provider) EventGridHandler(opts *EventGridOptions) http.Handler {
 		}
 	}
 	if h.opts.SharedSecret == "" && h.opts.Authorize == nil && !h.opts.AllowUnauthenticated {
-		p.cfg.logger.Error("kvsecrets: EventGridHandler has neither SharedSecret nor Authorize: every delivery will be refused")
+		panic(errNoEventGridAuth)
 	}
 	if u, err := url.Parse(p.vaultURL); err == nil {
 		h.vaultHost = strings.ToLower(u.Hostname())
 	}
 	return h
 }
+
+// errNoEventGridAuth is EventGridHandler's panic without a check.
+var errNoEventGridAuth = errors.New("kvsecrets: EventGridHandler: EventGridOptions has neither a SharedSecret " +
+	"(an empty one, such as an unset environment variable, counts as none) nor an Authorize func, so every delivery " +
+	"would be refused, Event Grid's validation handshake included; set one of them, or AllowUnauthenticated for local trials")
 
 type eventGridHandler struct {
 	p           *Provider

@@ -151,10 +151,6 @@ func TestEventGridRefusesHostileDeliveries(t *testing.T) {
 		if st := p.Stats(); st.EventsRejected != 9 || st.EventsReceived != 0 {
 			t.Fatalf("stats = %+v", st)
 		}
-		// No check configured: refused unless explicitly allowed.
-		if w := deliver(p.EventGridHandler(nil), "POST", "/e", body, nil); w.Code != 401 {
-			t.Fatalf("handler without checks: %d", w.Code)
-		}
 		if w := deliver(p.EventGridHandler(&EventGridOptions{AllowUnauthenticated: true}), "POST", "/e", body, nil); w.Code != 200 {
 			t.Fatalf("AllowUnauthenticated: %d", w.Code)
 		}
@@ -477,4 +473,37 @@ func handled(ev gridEvent) gridEvent {
 		return ev
 	}
 	return gridEvent{}
+}
+
+// TestEventGridHandlerWithoutAuthPanics: a handler that could never accept
+// a delivery is a programming error, reported at construction with the fix.
+func TestEventGridHandlerWithoutAuthPanics(t *testing.T) {
+	v := newFakeVault()
+	p := v.newProvider(t, nil)
+	for name, opts := range map[string]*EventGridOptions{
+		"nil":                 nil,
+		"empty":               {},
+		"unset env variable":  {SharedSecret: os.Getenv("KVSECRETS_TEST_UNSET_VARIABLE")},
+		"only a secret param": {SecretParam: "k", CoalesceWindow: time.Second},
+	} {
+		func() {
+			defer func() {
+				r := recover()
+				err, ok := r.(error)
+				if !ok || !strings.Contains(err.Error(), "SharedSecret") || !strings.Contains(err.Error(), "AllowUnauthenticated") {
+					t.Errorf("%s: recovered %v, want a panic naming the fix", name, r)
+				}
+			}()
+			p.EventGridHandler(opts)
+		}()
+	}
+	for name, opts := range map[string]*EventGridOptions{
+		"shared secret": {SharedSecret: "s"},
+		"authorize":     {Authorize: func(*http.Request) error { return nil }},
+		"unauth":        {AllowUnauthenticated: true},
+	} {
+		if p.EventGridHandler(opts) == nil {
+			t.Errorf("%s: nil handler", name)
+		}
+	}
 }
