@@ -70,7 +70,9 @@ type Options struct {
 	// RefreshJitter is the fraction of TTL over which the refresh point is
 	// spread at random (uniformly in [RefreshAt, RefreshAt+RefreshJitter] of
 	// TTL), so that a fleet started together does not refresh in step.
-	// Default 0.15. RefreshAt+RefreshJitter must not exceed 1.
+	// Default 0.15. RefreshAt+RefreshJitter must not exceed 1, whether the
+	// jitter was set or left to its default (RefreshAt 0.95 alone is
+	// refused: set RefreshJitter to at most 0.05, or DisableJitter).
 	RefreshJitter float64
 
 	// DisableJitter turns off the random spread of refresh points and retry
@@ -248,15 +250,22 @@ func newConfig(o *Options) (config, error) {
 		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshAt must be in (0, 1], got %v", o.RefreshAt))
 		c.refreshAt = DefaultRefreshAt
 	}
+	jitter := "RefreshJitter"
 	if c.refreshJitter == 0 {
-		c.refreshJitter = min(DefaultRefreshJitter, 1-c.refreshAt)
+		c.refreshJitter = DefaultRefreshJitter
+		jitter = "the default RefreshJitter"
 	} else if !(c.refreshJitter > 0 && c.refreshJitter < 1) {
 		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshJitter must be in [0, 1), got %v", o.RefreshJitter))
-	} else if c.refreshAt+c.refreshJitter > 1 {
-		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshAt+RefreshJitter must not exceed 1, got %v", c.refreshAt+c.refreshJitter))
+		c.refreshJitter = 0
 	}
 	if c.noJitter {
 		c.refreshJitter = 0
+	}
+	// One rule whether the jitter was set or defaulted: a refresh is never
+	// planned after TTL.
+	if c.refreshAt+c.refreshJitter > 1+1e-9 {
+		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshAt (%v) plus %s (%v) exceeds 1, so refreshes could be planned after TTL: "+
+			"set RefreshJitter to at most %.4g, or DisableJitter", c.refreshAt, jitter, c.refreshJitter, 1-c.refreshAt))
 	}
 	if c.idleTimeout == 0 {
 		c.idleTimeout = DefaultIdleTTLs * c.ttl

@@ -373,7 +373,7 @@ func TestNewProviderValidates(t *testing.T) {
 		}
 	}
 	for _, o := range []Options{{TTL: -1}, {MaxStale: -time.Second}, {NegativeTTL: -1}, {RefreshAt: 1.5},
-		{RefreshAt: 0.9, RefreshJitter: 0.2}, {PreloadConcurrency: -1}, {FetchTimeout: -1},
+		{RefreshAt: 0.9, RefreshJitter: 0.2}, {RefreshAt: 0.95}, {PreloadConcurrency: -1}, {FetchTimeout: -1},
 		{RetryBackoff: time.Minute, MaxRetryBackoff: time.Second}, {RefreshJitter: math.NaN()}} {
 		_, err := NewProvider(fakeVaultURL, cred, &o)
 		if err == nil || !strings.HasPrefix(err.Error(), "kvsecrets: Options.") {
@@ -462,4 +462,26 @@ func TestPinnedVersionStaleRulesAndRevocation(t *testing.T) {
 			t.Fatalf("after revocation: %v, want ErrForbidden", err)
 		}
 	})
+}
+
+// TestRefreshAtAndJitterFollowOneRule: RefreshAt+RefreshJitter above 1 is
+// refused whether the jitter was set or defaulted, and the error says what
+// to set.
+func TestRefreshAtAndJitterFollowOneRule(t *testing.T) {
+	cred := &azfake.TokenCredential{}
+	for _, o := range []Options{{RefreshAt: 0.95}, {RefreshAt: 0.95, RefreshJitter: 0.15}, {RefreshAt: 1}} {
+		_, err := NewProvider(fakeVaultURL, cred, &o)
+		if err == nil || !strings.Contains(err.Error(), "RefreshJitter") || !strings.Contains(err.Error(), "DisableJitter") {
+			t.Errorf("NewProvider(RefreshAt %v, RefreshJitter %v) = %v", o.RefreshAt, o.RefreshJitter, err)
+		}
+	}
+	for _, o := range []Options{{RefreshAt: 0.85}, {RefreshAt: 0.95, RefreshJitter: 0.05}, {RefreshAt: 0.95, DisableJitter: true},
+		{RefreshAt: 1, DisableJitter: true}, {RefreshAt: 0.7, RefreshJitter: 0.3}} {
+		p, err := NewProvider(fakeVaultURL, cred, &o)
+		if err != nil {
+			t.Errorf("NewProvider(%+v) = %v", o, err)
+			continue
+		}
+		p.Close()
+	}
 }
