@@ -2,10 +2,14 @@ package kvsecrets
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -15,6 +19,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 )
 
@@ -37,8 +42,18 @@ var (
 	// ForbiddenByRbac, AccessDenied or any other 403).
 	ErrForbidden = errors.New("kvsecrets: access forbidden")
 	// ErrUnavailable: the vault could not be read (network error, timeout,
-	// 408/429/5xx, credential failure) and no usable cached value exists.
+	// 408/429/5xx) and no usable cached value exists.
 	ErrUnavailable = errors.New("kvsecrets: vault unavailable")
+	// ErrUnauthenticated: the credential could not get a token (an
+	// azidentity credential unavailable or failing to authenticate), or the
+	// vault refused the token it got (401 after a fresh token). Fix the
+	// credential or the identity's tenant; retrying will not help.
+	ErrUnauthenticated = errors.New("kvsecrets: authentication failed")
+	// ErrMisconfigured: the vault cannot be reached as configured: its host
+	// does not resolve, its TLS certificate is not trusted, or it answered
+	// 400 to the request. Fix the vault URL, the trusted CAs or
+	// Options.ClientOptions; retrying will not help.
+	ErrMisconfigured = errors.New("kvsecrets: vault misconfigured")
 	// ErrExpired: the secret's exp has passed and Options.EnforceValidity is set.
 	ErrExpired = errors.New("kvsecrets: secret expired")
 	// ErrNotYetValid: the secret's nbf is in the future and
@@ -275,7 +290,9 @@ type failure struct {
 
 // classify maps an error from the SDK to a sentinel. Only answers from the
 // service about the secret itself (404, 403) are authoritative; everything
-// else is transient and leaves a cached value in place.
+// else leaves a cached value in place. Configuration failures (a
+// credential, a 401, TLS trust, a host that does not resolve, a 400) are
+// told apart from outages, so that the error says what to fix.
 func classify(vault, name, version string, err error) failure {
 	se := &SecretError{Name: name, Version: version, Err: err}
 	if errors.Is(err, errProviderClosed) {
@@ -286,6 +303,15 @@ func classify(vault, name, version string, err error) failure {
 	if !errors.As(err, &re) {
 		se.Kind = ErrUnavailable
 		se.detail = transportDetail(err)
+		var te *tokenError
+		switch {
+		case errors.As(err, &te):
+			se.Kind = ErrUnauthenticated
+			se.detail = "the credential could not get a token: " + transportDetail(te.err)
+		case configTransport(err) != "":
+			se.Kind = ErrMisconfigured
+			se.detail = configTransport(err) + ": " + se.detail
+		}
 		return failure{err: se}
 	}
 	a := answerOf(re, vault, name, version)
@@ -301,9 +327,79 @@ func classify(vault, name, version string, err error) failure {
 			se.Kind = ErrDisabled
 		}
 		return failure{err: se, authoritative: true}
+	case http.StatusUnauthorized:
+		// azsecrets answers the challenge and asks for a fresh token once;
+		// a 401 that reaches here came after it.
+		se.Kind = ErrUnauthenticated
+		return failure{err: se}
+	case http.StatusBadRequest:
+		se.Kind = ErrMisconfigured
+		return failure{err: se}
 	}
 	se.Kind = ErrUnavailable
 	return failure{err: se, retryAfter: retryAfter(re.RawResponse)}
+}
+
+// configTransport names a transport failure that retrying cannot fix: the
+// vault's TLS certificate is not trusted, or its host does not resolve.
+// It returns "" for the others.
+func configTransport(err error) string {
+	var (
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		dns      *net.DNSError
+	)
+	switch {
+	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
+		return "TLS verification failed: check the vault URL and the CAs the client trusts"
+	case errors.As(err, &dns) && dns.IsNotFound:
+		return "the vault's host does not resolve: check the vault URL"
+	}
+	return ""
+}
+
+// tokenError marks a failure of the Provider's credential to get a token.
+type tokenError struct{ err error }
+
+func (e *tokenError) Error() string { return e.err.Error() }
+func (e *tokenError) Unwrap() error { return e.err }
+
+// NonRetriable tells azcore's retry policy not to retry: a credential
+// that failed once will fail again.
+func (e *tokenError) NonRetriable() {}
+
+// markedCredential marks its credential's failures as tokenErrors, so that
+// classify can tell them from the network's.
+type markedCredential struct{ azcore.TokenCredential }
+
+func (c markedCredential) GetToken(ctx context.Context, o policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	tok, err := c.TokenCredential.GetToken(ctx, o)
+	if err != nil && ctx.Err() == nil {
+		err = &tokenError{err}
+	}
+	return tok, err
+}
+
+// nonRetriable marks a transport failure that retrying cannot fix, for
+// azcore's retry policy.
+type nonRetriable struct{ error }
+
+func (e nonRetriable) Unwrap() error { return e.error }
+func (nonRetriable) NonRetriable() {}
+
+// configFailFast is a per-try policy: a TLS verification failure or a host
+// that does not resolve is not retried by the SDK (it would retry it for
+// about 9 s as if it were an outage).
+type configFailFast struct{}
+
+func (configFailFast) Do(req *policy.Request) (*http.Response, error) {
+	resp, err := req.Next()
+	if err != nil && configTransport(err) != "" {
+		return resp, nonRetriable{err}
+	}
+	return resp, err
 }
 
 // transportDetail describes a non-HTTP failure briefly: a timeout, a

@@ -161,8 +161,15 @@ func TestFaultCredentialFailing(t *testing.T) {
 		if n := callEvery(p, 10*time.Second, 30*time.Minute); n != 0 {
 			t.Fatalf("%d failed reads while the credential failed", n)
 		}
-		if _, err := p.Get(context.Background(), "Cold"); !errors.Is(err, ErrUnavailable) {
+		// A cold read hears at once, with an error that names the
+		// credential, not an outage.
+		start := time.Now()
+		if _, err := p.Get(context.Background(), "Cold"); !errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrUnavailable) ||
+			!strings.Contains(err.Error(), "credential") {
 			t.Fatalf("cold read without a credential: %v", err)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Fatalf("the cold read took %v on the fake clock, want 0: a credential failure is not retried", d)
 		}
 		if p.Stats().RefreshFailures == 0 {
 			t.Fatal("the credential's failures were not seen")
@@ -224,14 +231,15 @@ func TestFaultTLSHandshake(t *testing.T) {
 		},
 	}}
 	var broken atomic.Bool
+	var tries atomic.Int64
 	co := vault.ClientOptions()
 	co.Transport = transporterFunc(func(r *http.Request) (*http.Response, error) {
 		if broken.Load() {
+			tries.Add(1)
 			return bad.Do(r)
 		}
 		return good.Do(r)
 	})
-	co.Retry.MaxRetries = -1
 	p, err := NewProvider(vault.URL(), vault.Credential(), &Options{ClientOptions: co})
 	if err != nil {
 		t.Fatal(err)
@@ -240,8 +248,15 @@ func TestFaultTLSHandshake(t *testing.T) {
 	mustGet(t, p, "K", "value")
 	broken.Store(true)
 	_, err = p.Refresh(context.Background(), "K")
-	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "certificate") {
+	if !errors.Is(err, ErrMisconfigured) || !strings.Contains(err.Error(), "certificate") || !strings.Contains(err.Error(), "TLS verification failed") {
 		t.Fatalf("Refresh with failing TLS: %v", err)
+	}
+	if n := tries.Load(); n != 1 {
+		t.Fatalf("a TLS verification failure was tried %d times, want once: retrying cannot fix it", n)
+	}
+	// A cold read fails the same way, at once.
+	if _, err := p.Get(context.Background(), "Other"); !errors.Is(err, ErrMisconfigured) || tries.Load() != 2 {
+		t.Fatalf("cold read with failing TLS: %v after %d tries", err, tries.Load())
 	}
 	mustGet(t, p, "K", "value")
 	broken.Store(false)

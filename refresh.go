@@ -170,11 +170,13 @@ func (p *Provider) fetch(e *entry, retry bool) (got fetched, err error) {
 		} else {
 			got.sec, err = p.getSecret(ctx, e, e.version())
 		}
-		// A throttled or unavailable vault is asked again within
-		// FetchTimeout when there is no value to serve meanwhile, after a
-		// jittered, growing pause (1, 2, 4, 8 s…, or the Retry-After), so
-		// that a fleet starting at once spreads its reads over the
-		// throttle's windows instead of failing together. Every other
+		// A throttled vault (429) is asked again within FetchTimeout when
+		// there is no value to serve meanwhile, after a jittered, growing
+		// pause (1, 2, 4, 8 s…, or the Retry-After), so that a fleet
+		// starting at once spreads its reads over the throttle's windows
+		// instead of failing together. Anything else fails the read after
+		// the SDK's own retries, in seconds: an outage is not waited out
+		// by a caller with nothing to serve. Every other
 		// read (a refresh, a retry after a MaxStale drop) leaves retries
 		// to the scheduler, whose backoff keeps growing.
 		wait, again := p.retryThrottled(err, attempt)
@@ -198,11 +200,11 @@ func (p *Provider) fetch(e *entry, retry bool) (got fetched, err error) {
 	return got, err
 }
 
-// retryThrottled reports whether err is a throttling or unavailable answer
-// (429, 503) worth asking again after the returned pause.
+// retryThrottled reports whether err is a throttling answer (429) worth
+// asking again after the returned pause.
 func (p *Provider) retryThrottled(err error, attempt int) (time.Duration, bool) {
 	var re *azcore.ResponseError
-	if err == nil || !errors.As(err, &re) || (re.StatusCode != http.StatusTooManyRequests && re.StatusCode != http.StatusServiceUnavailable) {
+	if err == nil || !errors.As(err, &re) || re.StatusCode != http.StatusTooManyRequests {
 		return 0, false
 	}
 	d := time.Second << min(attempt-1, 5)

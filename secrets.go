@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,7 +70,7 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 			return nil, fmt.Errorf("kvsecrets: default Azure credential: %w", err)
 		}
 	}
-	client, err := azsecrets.NewClient(u, cred, sdkOptions(cfg.clientOptions))
+	client, err := azsecrets.NewClient(u, markedCredential{cred}, sdkOptions(cfg.clientOptions))
 	if err != nil {
 		return nil, fmt.Errorf("kvsecrets: %w", err)
 	}
@@ -105,6 +106,7 @@ func sdkOptions(o *azsecrets.ClientOptions) *azsecrets.ClientOptions {
 	if c.Retry.StatusCodes == nil {
 		c.Retry.StatusCodes = retriedStatusCodes
 	}
+	c.PerRetryPolicies = append(slices.Clone(c.PerRetryPolicies), configFailFast{})
 	return &c
 }
 
