@@ -73,16 +73,17 @@ func (p *Provider) addedLocked(e *entry) {
 	// The read that creates e is its use now; only reads from the next
 	// epoch on count at the first check.
 	e.checked, e.usedAt = ep+1, ep
-	p.entries.Add(1)
-	p.scheduleAt(e, now.Add(p.cfg.negativeTTL+p.cfg.fetchTimeout))
-	for p.entries.Load() > int64(p.cfg.maxEntries) {
+	// Make room first, so that the count never passes the bound.
+	for p.entries.Load() >= int64(p.cfg.maxEntries) {
 		v := p.victimLocked(e)
 		if v == nil {
-			return
+			break
 		}
 		p.evictions.Add(1)
 		p.removeLocked(v)
 	}
+	p.entries.Add(1)
+	p.scheduleAt(e, now.Add(p.cfg.negativeTTL+p.cfg.fetchTimeout))
 }
 
 // evictionSamples is how many entries are compared to choose one to evict:
@@ -100,9 +101,9 @@ func (p *Provider) victimLocked(keep *entry) *entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var best, parent *entry
-	for tries := 0; tries < 4*evictionSamples && len(s.h) > 1; tries++ {
+	for tries := 0; tries < 4*evictionSamples && len(s.h) > 0; tries++ {
 		e := s.h[rand.N(len(s.h))].e
-		if e == keep || e == best {
+		if e == keep || e == best || e == keep.parent() {
 			continue
 		}
 		if hasChildrenLocked(e) {
@@ -171,19 +172,52 @@ func (p *Provider) removeLocked(e *entry) {
 	}
 }
 
-// removeOrphanLocked removes a latest entry that only held children once
-// its last child is gone: one never read through Get (Verify or GetVersion
-// only), with no read in flight. p.idx.mu is held.
+// removeOrphanLocked removes a latest entry that stayed only for its
+// children once its last child is gone, if it holds nothing of its own: no
+// value, no miss still remembered, no read in flight. p.idx.mu is held.
 func (p *Provider) removeOrphanLocked(le *entry) {
 	if hasChildrenLocked(le) {
 		return
 	}
 	le.mu.Lock()
-	orphan := le.state.Load() == emptyState && le.lastVersion == "" && le.flights == nil
+	st := le.state.Load()
+	orphan := forgettable(le, st, time.Now()) && le.flights == nil
 	le.mu.Unlock()
 	if orphan {
 		p.removeLocked(le)
 	}
+}
+
+// forgettable reports whether an entry in state st holds nothing worth
+// keeping at now: no value, no remembered miss, and no background retry
+// (a secret once loaded and failing transiently is retried). e.mu is held.
+func forgettable(e *entry, st *state, now time.Time) bool {
+	if st == deadState || st.hasValue || st.remembered(now) {
+		return false
+	}
+	return e.kind == kindPinned || e.lastVersion == "" || refused(st)
+}
+
+// idleNow reports whether nobody has read e for IdleTimeout, and if so
+// removes it (unless it holds a stale value or children). Event-driven
+// refreshes ask it first, so that events cannot keep unread secrets
+// refreshed.
+func (p *Provider) idleNow(e *entry) bool {
+	p.idx.mu.Lock()
+	defer p.idx.mu.Unlock()
+	e.mu.Lock()
+	st := e.state.Load()
+	if st == deadState {
+		e.mu.Unlock()
+		return true
+	}
+	idle := p.idleLocked(e, time.Now()) && !st.stale && !hasChildrenLocked(e)
+	e.mu.Unlock()
+	if idle {
+		p.idleDrops.Add(1)
+		p.removeLocked(e)
+	}
+	return idle
 }
 
 // refused reports whether st holds an authoritative refusal: one that is
@@ -208,8 +242,22 @@ func (p *Provider) due(e *entry, now time.Time) (refresh bool) {
 	defer p.idx.mu.Unlock()
 	e.mu.Lock()
 	st := e.state.Load()
-	if st == deadState || e.flights != nil {
-		// Removed, or a read is in flight: its answer schedules what comes next.
+	if st == deadState {
+		e.mu.Unlock()
+		return false
+	}
+	if e.flights != nil {
+		// A read is in flight: its answer schedules what comes next. Until
+		// then, a value is dropped at its MaxStale deadline.
+		if st.tooOld(now, p.cfg.maxStale) {
+			e.setState(errState(&SecretError{Name: e.name, Version: e.version(), Kind: ErrUnavailable,
+				detail: "no successful read within MaxStale"}, time.Time{}, st.seq))
+			p.staleDrops.Add(1)
+		} else if st.hasValue {
+			e.mu.Unlock()
+			p.scheduleAt(e, st.fetchedAt().Add(p.cfg.maxStale))
+			return false
+		}
 		e.mu.Unlock()
 		return false
 	}
@@ -233,7 +281,8 @@ func (p *Provider) due(e *entry, now time.Time) (refresh bool) {
 		p.scheduleAt(e, now.Add(p.cfg.idleTimeout))
 		return false
 	case !loaded:
-		// A miss, a refusal, or a name only its children use.
+		// A miss, a refusal, or a name only its children use: forgotten
+		// with the last of them (see removeOrphanLocked).
 		e.mu.Unlock()
 		switch {
 		case st.remembered(now):

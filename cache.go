@@ -274,6 +274,7 @@ type events struct {
 	draining bool            // a goroutine is making the pending calls
 	warned   string          // version whose expiry was already warned about
 	eventAt  time.Time       // when the last event-driven refresh started, or is planned
+	nearAt   time.Time       // when OnNearExpiry was last called for it
 }
 
 // events returns e's events, making them. e.mu is held.

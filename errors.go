@@ -387,7 +387,7 @@ func (c markedCredential) GetToken(ctx context.Context, o policy.TokenRequestOpt
 type nonRetriable struct{ error }
 
 func (e nonRetriable) Unwrap() error { return e.error }
-func (nonRetriable) NonRetriable() {}
+func (nonRetriable) NonRetriable()   {}
 
 // configFailFast is a per-try policy: a TLS verification failure or a host
 // that does not resolve is not retried by the SDK (it would retry it for

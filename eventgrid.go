@@ -88,11 +88,12 @@ type ExpiryEvent struct {
 // accepts deliveries in either schema, single or batched. For this vault's
 // secrets that the Provider caches (through Get or Verify),
 // SecretNewVersionCreated (of a version other than the cached one) and
-// SecretExpired start a refresh; the event
-// is only a trigger, values always come from the vault. SecretNearExpiry is
-// logged at Warn and passed to OnNearExpiry. Everything else — other
-// vaults, keys and certificates, secrets not cached — is acknowledged and
-// ignored.
+// SecretExpired start a refresh, unless nobody has read the secret for
+// Options.IdleTimeout (it is then dropped); the event is only a trigger,
+// values always come from the vault. SecretNearExpiry is logged at Warn and
+// passed to OnNearExpiry, at most once per secret per CoalesceWindow.
+// Everything else — other vaults, keys and certificates, secrets not
+// cached — is acknowledged and ignored.
 //
 // Deliveries must pass SharedSecret and/or Authorize (else 401). Without
 // either (nil opts, or an empty SharedSecret such as an unset environment
@@ -260,7 +261,24 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 	if !ok || host != h.vaultHost {
 		return // another vault, or not a secret id
 	}
+	e := p.idx.load(strings.ToLower(name))
+	if e == nil {
+		return // not cached here
+	}
 	if ev.Type == EventSecretNearExpiry {
+		// Once per secret per coalescing window: a delivery repeating one
+		// secret's warning thousands of times makes one call.
+		now := time.Now()
+		e.mu.Lock()
+		evs := e.events()
+		fresh := now.Sub(evs.nearAt) >= h.window
+		if fresh {
+			evs.nearAt = now
+		}
+		e.mu.Unlock()
+		if !fresh {
+			return
+		}
 		p.eventsActedOn.Add(1)
 		p.cfg.logger.Warn("kvsecrets: Event Grid: secret near expiry; rotate it",
 			slog.String("secret", name), slog.String("version", version), slog.Time("expires", ev.Expires))
@@ -268,10 +286,6 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 			h.callOnNearExpiry(ExpiryEvent{Name: name, Version: version, NotBefore: ev.NotBefore, Expires: ev.Expires})
 		}
 		return
-	}
-	e := p.idx.load(strings.ToLower(name))
-	if e == nil {
-		return // not cached here
 	}
 	target := e
 	e.mu.Lock()
@@ -292,6 +306,9 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 	}
 	if ev.Type == EventSecretNewVersionCreated && version != "" && strings.EqualFold(version, known) {
 		return // already serving it: a replay, or our own rotation
+	}
+	if p.idleNow(target) {
+		return // nobody reads it: dropped, not refreshed
 	}
 	p.eventsActedOn.Add(1)
 	p.cfg.logger.Info("kvsecrets: Event Grid: refreshing secret",

@@ -59,6 +59,14 @@ func (p *Provider) beginFlight(e *entry, kind int, seen *state, background bool)
 		e.flights = new([numFlights]*flight)
 	}
 	e.flights[kind] = f
+	if st.ready {
+		// While the read runs (up to FetchTimeout), serve through the slow
+		// path, which checks MaxStale against the clock.
+		e.setState(st.dueCopy())
+	}
+	if st.hasValue {
+		p.scheduleAt(e, st.fetchedAt().Add(p.cfg.maxStale))
+	}
 	go p.runFlight(e, f, kind)
 	return f, true, nil
 }
@@ -411,7 +419,8 @@ func (p *Provider) applyRefusal(e *entry, seq uint32, prev *state, fail failure,
 // refusal that a read of e received. A refusal of the latest version (by
 // Get's reads, Refresh, an event, or Verify's key set) stops both the
 // latest entry and the key set; not found and forbidden, which concern
-// every version, stop the pinned versions too.
+// every version, stop the pinned versions too; disabled, which concerns the
+// latest version, re-reads the pinned version last seen as the latest.
 //
 // A pinned version's refusal may concern that version alone, or be a
 // version that never existed (a caller's mistake must not drop anything),
@@ -468,6 +477,25 @@ func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 	for _, t := range targets {
 		if t != e {
 			p.refuse(t, fail)
+		}
+	}
+	if fail.err.Kind == ErrDisabled {
+		// The latest version is disabled, and the answer does not say
+		// which it is: the pinned version last seen as the latest is read
+		// again, and the read that saw the refusal completes once it has.
+		le.mu.Lock()
+		last := strings.ToLower(le.lastVersion)
+		le.mu.Unlock()
+		for _, pe := range le.pinnedEntries() {
+			if pe.version() != last || !pe.state.Load().hasValue {
+				continue
+			}
+			if f, err := p.freshFlight(p.ctx, pe); err == nil {
+				select {
+				case <-f.done:
+				case <-p.ctx.Done():
+				}
+			}
 		}
 	}
 }
