@@ -54,12 +54,18 @@
 //
 // # Failures
 //
-// Transient failures — network errors, timeouts, 408, 429, 5xx, credential
-// failures — keep the last good value served for up to Options.MaxStale
-// after it was read, while refreshes are retried with exponential backoff
-// and jitter (honouring Retry-After) and logged at Warn. At MaxStale the
-// value is dropped and reads fail with [ErrUnavailable]; background retries
-// go on and restore it when the vault answers.
+// Failures that are not the vault's answer about the secret — network
+// errors, timeouts, 408, 429, 5xx, and configuration failures — keep the
+// last good value served for up to Options.MaxStale after it was read,
+// while refreshes are retried with exponential backoff and jitter
+// (honouring Retry-After) and logged at Warn. At MaxStale the value is
+// dropped and reads fail with [ErrUnavailable]; background retries go on
+// and restore it when the vault answers. With nothing cached, a read fails
+// after the SDK's own retries, in seconds; only a throttled vault (429) is
+// waited for, within FetchTimeout. Configuration failures say what to fix
+// and are not retried: [ErrUnauthenticated] (the credential cannot get a
+// token, or the vault refuses it) and [ErrMisconfigured] (TLS verification,
+// a host that does not resolve, a 400).
 //
 // Authoritative answers stop serving at once: a deleted secret (404) gives
 // [ErrNotFound], a disabled one (403 SecretDisabled) [ErrDisabled], a
