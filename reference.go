@@ -301,10 +301,33 @@ func (p *Provider) resolve(ctx context.Context, r ref) (Secret, error) {
 			return Secret{}, err
 		}
 	}
+	var s Secret
+	var err error
 	if r.version != "" {
-		return target.GetVersion(ctx, r.name, r.version)
+		s, err = target.GetVersion(ctx, r.name, r.version)
+	} else {
+		s, err = target.GetSecret(ctx, r.name)
 	}
-	return target.GetSecret(ctx, r.name)
+	return s, p.waitErr(r, err)
+}
+
+// waitErr names the secret and the vault in a caller's deadline or
+// cancellation that ended a wait for r, which says nothing by itself
+// ("context deadline exceeded"). Other errors pass unchanged.
+func (p *Provider) waitErr(r ref, err error) error {
+	var se *SecretError
+	if err == nil || errors.As(err, &se) || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+		return err
+	}
+	host := r.host
+	if host == "" {
+		host = p.host
+	}
+	what := "the deadline passed"
+	if errors.Is(err, context.Canceled) {
+		what = "the context was canceled"
+	}
+	return fmt.Errorf("kvsecrets: secret %q in vault %s: %s while waiting for the vault: %w", r.name, host, what, err)
 }
 
 // vaultFor returns the Provider for another vault host, making it on first

@@ -262,3 +262,26 @@ func TestKvenvSendsNoTokenToAHostOfTheReferencesChoosing(t *testing.T) {
 		t.Fatalf("control: the host received Authorization %q, want the token once", auth)
 	}
 }
+
+// TestKvenvTimeoutNamesTheSecretAndTheVault: when -timeout passes while a
+// secret is read, the error says which secret, which vault, and that the
+// deadline passed while waiting for it.
+func TestKvenvTimeoutNamesTheSecretAndTheVault(t *testing.T) {
+	bin, vault, env := kvenvSetup(t)
+	vault.SetLatency(time.Minute)
+	var stderr bytes.Buffer
+	cmd := kvenv(t, bin, env, "-timeout", "300ms", "--", "true")
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("exit: %v", err)
+	}
+	msg := stderr.String()
+	for _, want := range []string{"variable DB_PASSWORD", `secret "DbPassword"`, "in vault 127.0.0.1:", "deadline passed while waiting for the vault"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("stderr lacks %q: %s", want, msg)
+		}
+	}
+	vault.SetLatency(0)
+}
