@@ -138,7 +138,7 @@ type RotationEvent struct {
 // Stats are counters since the Provider was made. Reading them is cheap.
 type Stats struct {
 	Hits            uint64 // reads answered from memory with a value
-	NegativeHits    uint64 // reads answered from a remembered not-found, disabled or forbidden answer
+	NegativeHits    uint64 // reads answered from a remembered failure: not-found, disabled or forbidden within NegativeTTL, or an outage until its next retry
 	Misses          uint64 // reads that had to wait for the vault
 	VaultRequests   uint64 // reads of the vault (each may be several HTTP tries inside the SDK)
 	Refreshes       uint64 // re-reads of cached secrets: background, Refresh, and retries
