@@ -89,6 +89,19 @@ func (e *SecretError) Error() string {
 	detail := e.detail
 	if a, ok := e.Err.(*vaultAnswer); ok && detail == "" {
 		detail = a.detail()
+		switch e.Kind {
+		case ErrUnauthenticated:
+			// The vault's own words, and what to do: they name no value.
+			detail += ": the vault refused a fresh token; check the credential's identity, its tenant and its access to the vault"
+			if a.message != "" {
+				detail += " (" + strings.ReplaceAll(a.message, msgName, a.name) + ")"
+			}
+		case ErrMisconfigured:
+			if a.message != "" {
+				detail += ": " + strings.ReplaceAll(a.message, msgName, a.name)
+			}
+			detail += "; check the vault URL and Options.ClientOptions (API version)"
+		}
 	}
 	if detail != "" {
 		b.WriteString(" (")
@@ -376,7 +389,9 @@ type markedCredential struct{ azcore.TokenCredential }
 
 func (c markedCredential) GetToken(ctx context.Context, o policy.TokenRequestOptions) (azcore.AccessToken, error) {
 	tok, err := c.TokenCredential.GetToken(ctx, o)
-	if err != nil && ctx.Err() == nil {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		// A credential that timed out (an identity endpoint that did not
+		// answer) is an outage, not a configuration to fix.
 		err = &tokenError{err}
 	}
 	return tok, err

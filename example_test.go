@@ -257,7 +257,7 @@ func ExampleProvider_Load() {
 	fmt.Println(p.Load(context.Background(), &missing))
 	// Output:
 	// db.internal 5432 9 true
-	// field dst.SendGridKey (secret "SendGridKey"): kvsecrets: secret "SendGridKey": secret not found (404 SecretNotFound)
+	// field dst.SendGridKey (secret "SendGridKey" in vault kvtest.vault.azure.net): kvsecrets: secret "SendGridKey": secret not found (404 SecretNotFound)
 }
 
 func ExampleProvider_Resolve() {

@@ -81,7 +81,9 @@ func (p *Provider) Load(ctx context.Context, dst any) error {
 			if f.optional && errors.Is(err, ErrNotFound) {
 				continue
 			}
-			errs = append(errs, fmt.Errorf("field %s (secret %q): %w", f.path, f.ref.name, p.waitErr(f.ref, err)))
+			errs = append(errs, p.refErr(fmt.Sprintf("field %s", f.path), func(host string) string {
+				return fmt.Sprintf("field %s (secret %q in vault %s)", f.path, f.ref.name, host)
+			}, f.ref, err))
 			continue
 		}
 		val, err := f.decode(secs[j])
@@ -469,7 +471,8 @@ func (p *Provider) ResolveEnv(ctx context.Context, env []string) ([]string, erro
 	for j, i := range vars {
 		k, _, _ := strings.Cut(env[i], "=")
 		if readErrs[j] != nil {
-			errs = append(errs, fmt.Errorf("variable %s: %w", k, p.waitErr(refs[j], readErrs[j])))
+			errs = append(errs, p.refErr("variable "+k, func(host string) string { return "variable " + k + " (vault " + host + ")" },
+				refs[j], readErrs[j]))
 			continue
 		}
 		out[i] = k + "=" + secs[j].Value()

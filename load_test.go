@@ -318,7 +318,7 @@ func TestLoadFailureNamesEveryFieldAndChangesNothing(t *testing.T) {
 			t.Fatal("Load succeeded")
 		}
 		msg := err.Error()
-		for _, want := range []string{`cfg.B (secret "MissingOne")`, `cfg.C (secret "MissingTwo")`, `cfg.D (secret "BadJSON")`,
+		for _, want := range []string{`cfg.B (secret "MissingOne" in vault fake.vault.azure.net)`, `cfg.C (secret "MissingTwo" in vault fake.vault.azure.net)`, `cfg.D (secret "BadJSON")`,
 			`cfg.E (secret "Broken")`, `cfg.F (secret "BadAddr")`, `cfg.G (secret "BadURL"): (*url.URL).UnmarshalBinary failed`, "not valid JSON (at byte 2)", "JSON string at port cannot be decoded into int"} {
 			if !strings.Contains(msg, want) {
 				t.Errorf("error lacks %q:\n%s", want, msg)
@@ -367,7 +367,7 @@ func TestResolveEnv(t *testing.T) {
 			"C=@Microsoft.KeyVault(VaultName=fake;SecretName=AlsoNope)",
 			"D=@Microsoft.KeyVault(VaultName=fake;SecretName=ApiKey)",
 		})
-		if err == nil || !strings.Contains(err.Error(), "variable A:") || !strings.Contains(err.Error(), "variable C:") || strings.Contains(err.Error(), "variable D") {
+		if err == nil || !strings.Contains(err.Error(), "variable A (vault fake.vault.azure.net):") || !strings.Contains(err.Error(), "variable C (vault fake.vault.azure.net):") || strings.Contains(err.Error(), "variable D") {
 			t.Fatalf("failures: %v", err)
 		}
 		if v.requests.Load() != before+2 {

@@ -218,7 +218,7 @@ func readmeLoad(ctx context.Context, secrets *kvsecrets.Provider) {
 	}
 	var cfg Config
 	if err := secrets.Load(ctx, &cfg); err != nil {
-		log.Fatal(err) // field Config.TLSKey (secret "TlsKey"): kvsecrets: secret "TlsKey": secret not found (404 SecretNotFound), one line per field
+		log.Fatal(err) // field Config.TLSKey (secret "TlsKey" in vault myvault.vault.azure.net): kvsecrets: secret "TlsKey": secret not found (404 SecretNotFound), one line per field
 	}
 }
 

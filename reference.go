@@ -316,18 +316,44 @@ func (p *Provider) resolve(ctx context.Context, r ref) (Secret, error) {
 // ("context deadline exceeded"). Other errors pass unchanged.
 func (p *Provider) waitErr(r ref, err error) error {
 	var se *SecretError
-	if err == nil || errors.As(err, &se) || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+	var we *waitError
+	if err == nil || errors.As(err, &se) || errors.As(err, &we) || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
 		return err
-	}
-	host := r.host
-	if host == "" {
-		host = p.host
 	}
 	what := "the deadline passed"
 	if errors.Is(err, context.Canceled) {
 		what = "the context was canceled"
 	}
-	return fmt.Errorf("kvsecrets: secret %q in vault %s: %s while waiting for the vault: %w", r.name, host, what, err)
+	return &waitError{fmt.Sprintf("kvsecrets: secret %q in vault %s: %s while waiting for the vault", r.name, p.hostOf(r), what), err}
+}
+
+// waitError is a caller's deadline or cancellation, naming what it ended.
+type waitError struct {
+	msg string
+	err error
+}
+
+func (e *waitError) Error() string { return e.msg + ": " + e.err.Error() }
+func (e *waitError) Unwrap() error { return e.err }
+
+// hostOf is the vault host a reference names.
+func (p *Provider) hostOf(r ref) string {
+	if r.host == "" {
+		return p.host
+	}
+	return r.host
+}
+
+// refErr is err, from reading r, prefixed with what asked for it:
+// plain, or withVault(the vault's host) unless err already names the
+// vault.
+func (p *Provider) refErr(plain string, withVault func(host string) string, r ref, err error) error {
+	err = p.waitErr(r, err)
+	var we *waitError
+	if errors.As(err, &we) {
+		return fmt.Errorf("%s: %w", plain, err)
+	}
+	return fmt.Errorf("%s: %w", withVault(p.hostOf(r)), err)
 }
 
 // vaultFor returns the Provider for another vault host, making it on first

@@ -16,8 +16,8 @@ func TestExample(t *testing.T) {
 		"Loaded the config in",
 		"Database app@db.internal:5432",
 		"SentryDSN set: false",
-		`field Config.SendGridKey (secret "SendGridKey")`,
-		`field Config.Cache.Password (secret "RedisPassword")`,
+		`field Config.SendGridKey (secret "SendGridKey" in vault `,
+		`field Config.Cache.Password (secret "RedisPassword" in vault `,
 		`field Config.Database (secret "DatabaseConfig"): JSON string at port cannot be decoded into int`,
 	} {
 		if !strings.Contains(out.String(), want) {
