@@ -89,16 +89,21 @@ func (e *SecretError) Error() string {
 	detail := e.detail
 	if a, ok := e.Err.(*vaultAnswer); ok && detail == "" {
 		detail = a.detail()
+		// The vault's own words are quoted only for reads: a read sends
+		// no value the vault could echo back, a write (Rotate) does.
+		msg := ""
+		if a.message != "" && methods[a.method] == http.MethodGet {
+			msg = strings.ReplaceAll(a.message, msgName, a.name)
+		}
 		switch e.Kind {
 		case ErrUnauthenticated:
-			// The vault's own words, and what to do: they name no value.
 			detail += ": the vault refused a fresh token; check the credential's identity, its tenant and its access to the vault"
-			if a.message != "" {
-				detail += " (" + strings.ReplaceAll(a.message, msgName, a.name) + ")"
+			if msg != "" {
+				detail += " (" + msg + ")"
 			}
 		case ErrMisconfigured:
-			if a.message != "" {
-				detail += ": " + strings.ReplaceAll(a.message, msgName, a.name)
+			if msg != "" {
+				detail += ": " + msg
 			}
 			detail += "; check the vault URL and Options.ClientOptions (API version)"
 		}

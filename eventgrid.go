@@ -307,9 +307,6 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 	if ev.Type == EventSecretNewVersionCreated && version != "" && strings.EqualFold(version, known) {
 		return // already serving it: a replay, or our own rotation
 	}
-	if p.idleNow(target) {
-		return // nobody reads it: dropped, not refreshed
-	}
 	p.eventsActedOn.Add(1)
 	p.cfg.logger.Info("kvsecrets: Event Grid: refreshing secret",
 		slog.String("secret", name), slog.String("event", ev.Type), slog.String("version", version))
@@ -342,7 +339,11 @@ func (h *eventGridHandler) refresh(e *entry) {
 	case now.Sub(x.eventAt) >= h.window && delay == 0:
 		x.eventAt = now
 		e.mu.Unlock()
-		h.p.rereadSoon(e)
+		// The scheduled cases below check idleness in due; this one does
+		// it here, so that events cannot keep unread secrets refreshed.
+		if !h.p.idleNow(e) {
+			h.p.rereadSoon(e)
+		}
 	case now.Sub(x.eventAt) >= h.window:
 		x.eventAt = now.Add(delay)
 		at := x.eventAt

@@ -184,9 +184,9 @@ func (p *Provider) fetch(e *entry, retry bool) (got fetched, err error) {
 		// starting at once spreads its reads over the throttle's windows
 		// instead of failing together. Anything else fails the read after
 		// the SDK's own retries, in seconds: an outage is not waited out
-		// by a caller with nothing to serve. Every other
-		// read (a refresh, a retry after a MaxStale drop) leaves retries
-		// to the scheduler, whose backoff keeps growing.
+		// by a caller with nothing to serve. Every other read (a refresh,
+		// a retry after a MaxStale drop) leaves retries to the scheduler,
+		// whose backoff keeps growing.
 		wait, again := p.retryThrottled(err, attempt)
 		if !retry || !again {
 			break
@@ -450,21 +450,13 @@ func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 		if !hadValue && !known && fail.err.Kind == ErrNotFound {
 			return
 		}
-		var flights []*flight
+		var again []*entry
 		for _, t := range []*entry{le, ve} {
-			if t == nil || (t == le && !loaded) {
-				continue
-			}
-			if f, err := p.freshFlight(p.ctx, t); err == nil {
-				flights = append(flights, f)
+			if t != nil && (t != le || loaded) {
+				again = append(again, t)
 			}
 		}
-		for _, f := range flights {
-			select {
-			case <-f.done:
-			case <-p.ctx.Done():
-			}
-		}
+		p.rereadAndWait(again)
 		return
 	}
 	targets := []*entry{le}
@@ -486,16 +478,29 @@ func (p *Provider) spreadRefusal(e *entry, fail failure, hadValue bool) {
 		le.mu.Lock()
 		last := strings.ToLower(le.lastVersion)
 		le.mu.Unlock()
+		var again []*entry
 		for _, pe := range le.pinnedEntries() {
-			if pe.version() != last || !pe.state.Load().hasValue {
-				continue
+			if pe.version() == last && pe.state.Load().hasValue {
+				again = append(again, pe)
 			}
-			if f, err := p.freshFlight(p.ctx, pe); err == nil {
-				select {
-				case <-f.done:
-				case <-p.ctx.Done():
-				}
-			}
+		}
+		p.rereadAndWait(again)
+	}
+}
+
+// rereadAndWait starts a fresh forced read of each entry and waits until
+// all have answered (or the Provider closes).
+func (p *Provider) rereadAndWait(entries []*entry) {
+	var flights []*flight
+	for _, t := range entries {
+		if f, err := p.freshFlight(p.ctx, t); err == nil {
+			flights = append(flights, f)
+		}
+	}
+	for _, f := range flights {
+		select {
+		case <-f.done:
+		case <-p.ctx.Done():
 		}
 	}
 }
