@@ -89,12 +89,7 @@ func (e *SecretError) Error() string {
 	detail := e.detail
 	if a, ok := e.Err.(*vaultAnswer); ok && detail == "" {
 		detail = a.detail()
-		// The vault's own words are quoted only for reads: a read sends
-		// no value the vault could echo back, a write (Rotate) does.
-		msg := ""
-		if a.message != "" && methods[a.method] == http.MethodGet {
-			msg = strings.ReplaceAll(a.message, msgName, a.name)
-		}
+		msg := a.readMessage() // the vault's own words, for reads only
 		switch e.Kind {
 		case ErrUnauthenticated:
 			detail += ": the vault refused a fresh token; check the credential's identity, its tenant and its access to the vault"
@@ -243,10 +238,20 @@ func (a *vaultAnswer) detail() string {
 // Error describes the answer: status, codes and the service's message.
 func (a *vaultAnswer) Error() string {
 	d := a.detail()
-	if a.message != "" {
-		d += ": " + strings.ReplaceAll(a.message, msgName, a.name)
+	if m := a.readMessage(); m != "" {
+		d += ": " + m
 	}
 	return d
+}
+
+// readMessage is the vault's message for an answer to a read, "" for a
+// write: a read sends no value the vault could echo back, a write
+// (Rotate) does.
+func (a *vaultAnswer) readMessage() string {
+	if a.message == "" || methods[a.method] != http.MethodGet {
+		return ""
+	}
+	return strings.ReplaceAll(a.message, msgName, a.name)
 }
 
 // As makes errors.As find an *azcore.ResponseError: a new one each time,
