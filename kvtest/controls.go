@@ -286,10 +286,11 @@ func (s *Server) SetSecret(name, value string, o *SecretOptions) (string, error)
 	}{Enabled: &enabled, NBF: unix(o.NotBefore), EXP: unix(o.Expires)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ver, err := s.vault.set(name, req, time.Now())
+	sec, ver, err := s.vault.set(name, req, time.Now())
 	if err != nil {
 		return "", fmt.Errorf("kvtest: SetSecret: %s", err.message)
 	}
+	s.newVersionLocked(sec, ver)
 	return ver.id, nil
 }
 

@@ -140,6 +140,8 @@ type Server struct {
 	vault  vault
 	faults faults
 	stats  stats
+	events *bus // Event Grid: nil until the first subscription
+	closed bool
 }
 
 // NewServer starts a Server. Close it when done.
@@ -230,8 +232,10 @@ func NewTestServer(t testing.TB, opts *Options) *Server {
 	return s
 }
 
-// Close shuts the server down, closing every connection.
+// Close shuts the server down, closing every connection and every event
+// subscription.
 func (s *Server) Close() {
+	s.closeEvents()
 	if s.httpSrv != nil {
 		s.httpSrv.Close()
 	}

@@ -67,6 +67,9 @@ type version struct {
 	nbf, exp    *int64
 	created     int64
 	updated     int64
+
+	// Event Grid: whether the expiry events of this version were published.
+	nearSent, expiredSent bool
 }
 
 // Wire shapes, with fields in the order Key Vault sends them.
@@ -423,6 +426,7 @@ func (s *Server) do(r *http.Request, rt route, body []byte) (int, any, *apiError
 		if err != nil {
 			return 0, nil, err
 		}
+		s.newVersionLocked(sec, ver)
 		return http.StatusOK, bundle(base, sec, ver, true), nil
 
 	case "update":
@@ -450,8 +454,10 @@ func (s *Server) do(r *http.Request, rt route, body []byte) (int, any, *apiError
 			if a.NBF != nil {
 				ver.nbf = a.NBF
 			}
-			if a.EXP != nil {
+			if a.EXP != nil && (ver.exp == nil || *ver.exp != *a.EXP) {
 				ver.exp = a.EXP
+				ver.nearSent, ver.expiredSent = false, false
+				s.pokeExpiryLocked()
 			}
 		}
 		ver.updated = now.Unix()
@@ -515,6 +521,7 @@ func (s *Server) do(r *http.Request, rt route, body []byte) (int, any, *apiError
 		if err != nil {
 			return 0, nil, err
 		}
+		s.pokeExpiryLocked()
 		return http.StatusOK, bundle(base, sec, sec.latest(), false), nil
 
 	case "getDeleted":
@@ -541,6 +548,7 @@ func (s *Server) do(r *http.Request, rt route, body []byte) (int, any, *apiError
 		delete(v.deleted, key)
 		sec.deletedDate, sec.scheduledPurgeDate = 0, 0
 		v.active[key] = sec
+		s.pokeExpiryLocked()
 		return http.StatusOK, bundle(base, sec, sec.latest(), false), nil
 
 	case "listDeleted":
