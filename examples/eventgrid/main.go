@@ -5,14 +5,14 @@
 //
 //	go run ./examples/eventgrid
 //
-// It runs on a local Key Vault named like the vault in Microsoft's sample
-// event (sample-kv), serves the webhook on loopback, and plays Event Grid:
-// first the subscription validation handshake, then the real sample
-// payload, byte for byte. No Azure account is needed.
+// It runs on a local Key Vault (kvtest) named like the vault in Microsoft's
+// sample event (sample-kv) and serves the webhook on loopback. The local
+// vault plays Event Grid too: it subscribes the webhook with the
+// validation handshake, and delivers the event of each new version in the
+// shape of Key Vault's published samples. No Azure account is needed.
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,34 +20,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/kvsecrets/kvsecrets"
 	"github.com/kvsecrets/kvsecrets/kvtest"
 )
-
-// samplePayload is Key Vault's SecretNewVersionCreated sample in the Event
-// Grid schema, from the azure-rest-api-specs examples
-// (testdata/realdata/eventgrid/rest-api-specs_secret_new_version_created.json).
-const samplePayload = `{
-  "id":"00eccf70-95a7-4e7c-8299-2eb17ee9ad64",
-  "topic":"/subscriptions/{subscription-id}/resourceGroups/sample-rg/providers/Microsoft.KeyVault/vaults/sample-kv",
-  "subject":"newsecret",
-  "eventType":"Microsoft.KeyVault.SecretNewVersionCreated",
-  "eventTime":"2019-07-25T01:08:33.1036736Z",
-  "data":{
-     "Id":"https://sample-kv.vault.azure.net/secrets/newsecret/ee059b2bb5bc48398a53b168c6cdcb10",
-     "VaultName":"sample-kv",
-     "ObjectType":"Secret",
-     "ObjectName":"newsecret",
-     "Version":"ee059b2bb5bc48398a53b168c6cdcb10",
-     "NBF":"1559081980",
-     "EXP":"1559082102"
-  },
-  "dataVersion":"1",
-  "metadataVersion":"1"
-}
-`
 
 func main() {
 	if err := run(context.Background(), os.Stdout); err != nil {
@@ -95,38 +73,36 @@ func run(ctx context.Context, out io.Writer) error {
 	endpoint := "http://" + ln.Addr().String() + "/events?key=" + shared
 	fmt.Fprintf(out, "Webhook listening on http://%s/events; TTL 8h, so polling alone would see a rotation hours late\n\n", ln.Addr())
 
-	// 1. Event Grid validates the subscription.
-	validation := `[{"id":"2d1781af-3a4c-4d7c-bd0c-e34b19da4e66","topic":"/subscriptions/x","subject":"","data":{"validationCode":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6"},"eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","eventTime":"2018-01-25T22:12:19.4556811Z","metadataVersion":"1","dataVersion":"1"}]`
-	status, body, err := post(ctx, endpoint, validation, "SubscriptionValidation")
+	// 1. The vault's Event Grid subscribes the webhook: the validation
+	// handshake first.
+	sub, err := vault.Subscribe(endpoint, &kvtest.SubscriptionOptions{Name: "rotations"})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "1. Subscription validation: %d %s\n", status, bytes.TrimSpace(body))
+	fmt.Fprintf(out, "1. Subscription %q validated by the webhook\n", sub.Name())
 
-	// 2. A delivery without the shared secret is refused and changes nothing.
-	status, _, err = post(ctx, "http://"+ln.Addr().String()+"/events", samplePayload, "Notification")
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "2. Delivery without the shared secret: %d\n", status)
+	// 2. A subscription without the shared secret cannot even validate.
+	_, err = vault.Subscribe("http://"+ln.Addr().String()+"/events", nil)
+	fmt.Fprintf(out, "2. Subscription without the shared secret refused: %v\n", err != nil && strings.Contains(err.Error(), "status 401"))
 
-	// 3. The secret is rotated in the vault, and Event Grid delivers the event.
+	// 3. The secret is rotated in the vault, and Event Grid delivers
+	// SecretNewVersionCreated to the webhook.
+	sent := time.Now()
 	if _, err := vault.SetSecret("newsecret", "second-value", &kvtest.SecretOptions{Expires: time.Now().Add(180 * 24 * time.Hour)}); err != nil {
 		return err
 	}
-	sent := time.Now()
-	status, _, err = post(ctx, endpoint, samplePayload, "Notification")
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "3. Rotated in the vault; Event Grid delivers SecretNewVersionCreated: %d\n", status)
 	select {
 	case ev := <-rotated:
-		fmt.Fprintf(out, "   OnRotate %v after the delivery: %s… -> %s… (the value came from the vault, not the event)\n",
+		fmt.Fprintf(out, "3. Rotated in the vault; OnRotate %v later: %s… -> %s… (the value came from the vault, not the event)\n",
 			time.Since(sent).Round(10*time.Microsecond), ev.OldVersion[:8], ev.NewVersion[:8])
 	case <-time.After(5 * time.Second):
 		return errors.New("the event did not lead to a refresh")
 	}
+	if err := sub.Wait(ctx); err != nil {
+		return err
+	}
+	d := sub.Deliveries()[0]
+	fmt.Fprintf(out, "   Event Grid delivered %s: %d\n", strings.TrimPrefix(d.EventType, "Microsoft.KeyVault."), d.Status)
 	v, err := secrets.Get(ctx, "newsecret")
 	if err != nil {
 		return err
@@ -137,21 +113,4 @@ func run(ctx context.Context, out io.Writer) error {
 	fmt.Fprintf(out, "\nStats: events received %d, acted on %d, deliveries rejected %d, vault reads %d\n",
 		st.EventsReceived, st.EventsActedOn, st.EventsRejected, st.VaultRequests)
 	return nil
-}
-
-// post delivers body as Event Grid does.
-func post(ctx context.Context, url, body, eventType string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewBufferString(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("aeg-event-type", eventType)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
 }

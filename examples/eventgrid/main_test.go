@@ -20,10 +20,10 @@ func TestExample(t *testing.T) {
 }
 
 var wants = []string{
-	`{"validationResponse":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}`,
-	"without the shared secret: 401",
-	"SecretNewVersionCreated: 200",
+	`Subscription "rotations" validated by the webhook`,
+	"without the shared secret refused: true",
 	"OnRotate",
+	"Event Grid delivered SecretNewVersionCreated: 200",
 	"Get now serves the new version",
 	"events received 1, acted on 1, deliveries rejected 1",
 }
