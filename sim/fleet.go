@@ -15,8 +15,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,7 +30,7 @@ type Config struct {
 	Secrets   int           // secrets each reads
 	TTL       time.Duration // Options.TTL
 	Jitter    bool          // false sets Options.DisableJitter
-	EventGrid bool          // deliver SecretNewVersionCreated to every instance after the rotation
+	EventGrid bool          // every instance subscribes its webhook to the vault's Event Grid events
 	Spread    time.Duration // EventGridOptions.Spread
 	Outage    time.Duration // a full vault outage (every request 503) after the rotation phase
 	Limit     int           // throttle: requests per 10 s (4,000 for Key Vault)
@@ -63,6 +61,7 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	defer vault.Close()
 	names := make([]string, cfg.Secrets)
 	for i := range names {
 		names[i] = fmt.Sprintf("secret-%02d", i)
@@ -96,7 +95,6 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	var rotations atomic.Int64
 	var lastRotation atomic.Int64 // unix nanos of the last OnRotate
 	providers := make([]*kvsecrets.Provider, cfg.Instances)
-	handlers := make([]http.Handler, cfg.Instances)
 	for i := range providers {
 		p, err := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{
 			ClientOptions: vault.ClientOptions(),
@@ -112,7 +110,15 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 		}
 		defer p.Close()
 		providers[i] = p
-		handlers[i] = p.EventGridHandler(&kvsecrets.EventGridOptions{AllowUnauthenticated: true, Spread: cfg.Spread})
+		if cfg.EventGrid {
+			// Each instance has its own Event Grid subscription to the
+			// vault (its own webhook URL), delivered about a second after
+			// each new version.
+			h := p.EventGridHandler(&kvsecrets.EventGridOptions{SharedSecret: "fleet-key", Spread: cfg.Spread})
+			if _, err := vault.SubscribeHandler("/events?key=fleet-key", h, &kvtest.SubscriptionOptions{Delay: time.Second}); err != nil {
+				return res, err
+			}
+		}
 	}
 
 	// Phase 1: the whole fleet starts at once. Each instance preloads its
@@ -176,32 +182,13 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	res.SteadyPerSecret = float64(steady) / float64(cfg.Instances*cfg.Secrets) / 6
 	fmt.Fprintf(log, "  steady state: %.2f reads per secret per TTL per instance\n", res.SteadyPerSecret)
 
-	// Phase 3: every secret is rotated; optionally Event Grid tells the fleet.
+	// Phase 3: every secret is rotated; with EventGrid, the vault delivers
+	// SecretNewVersionCreated to each instance's subscription.
 	rotatedAt := time.Now()
 	throttledBefore := vault.Counts().Throttled
-	versions := make([]string, len(names))
-	for i, n := range names {
-		if versions[i], err = vault.SetSecret(n, "v2", nil); err != nil {
+	for _, n := range names {
+		if _, err = vault.SetSecret(n, "v2", nil); err != nil {
 			return res, err
-		}
-	}
-	if cfg.EventGrid {
-		time.Sleep(time.Second) // Event Grid's delivery delay
-		for _, h := range handlers {
-			var b strings.Builder
-			b.WriteString("[")
-			for i, n := range names {
-				if i > 0 {
-					b.WriteString(",")
-				}
-				fmt.Fprintf(&b, `{"eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{"Id":"%ssecrets/%s/%s"}}`, vault.URL(), n, versions[i])
-			}
-			b.WriteString("]")
-			w := httptest.NewRecorder()
-			h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/events", strings.NewReader(b.String())))
-			if w.Code != http.StatusOK {
-				return res, fmt.Errorf("event delivery: %d %s", w.Code, w.Body)
-			}
 		}
 	}
 	want := int64(cfg.Instances * cfg.Secrets)
