@@ -120,8 +120,12 @@ type SubscriptionOptions struct {
 	// attempted (Event Grid's latency, usually under a second). Default 0.
 	Delay time.Duration
 	// Client sends the deliveries of a subscription made with
-	// [Server.Subscribe]. Default: a client with DeliveryTimeout.
+	// [Server.Subscribe]. Default http.DefaultClient; each attempt is
+	// bounded by DeliveryTimeout.
 	Client *http.Client
+	// OnDelivery, when set, is called after each delivery attempt, on the
+	// subscription's goroutine: the next attempt waits for it.
+	OnDelivery func(Delivery)
 }
 
 // DeliveryOutcome is what came of one delivery attempt.
@@ -167,6 +171,7 @@ const maxDeliveryLog = 1000
 // methods are safe for concurrent use.
 type Subscription struct {
 	srv      *Server
+	ctx      context.Context // the bus's
 	name     string
 	endpoint *url.URL
 	schema   EventSchema
@@ -175,6 +180,7 @@ type Subscription struct {
 	ttl      time.Duration
 	dup      float64
 	delay    time.Duration
+	notify   func(Delivery)
 	send     func(ctx context.Context, method string, h http.Header, body []byte) (int, http.Header, []byte, error)
 
 	mu       sync.Mutex
@@ -206,7 +212,9 @@ type event struct {
 // bus is a Server's event publisher: its subscriptions and the clock that
 // publishes expiry events. Guarded by Server.mu.
 type bus struct {
-	subs  []*Subscription
+	ctx    context.Context // ends at Server.Close: handshakes and attempts under way stop
+	cancel context.CancelFunc
+	subs   []*Subscription
 	n     int // subscriptions ever made, for default names
 	poke  chan struct{}
 	stop  chan struct{}
@@ -306,7 +314,7 @@ func (s *Server) subscribe(u *url.URL, send func(context.Context, string, http.H
 		o = &SubscriptionOptions{}
 	}
 	sub := &Subscription{srv: s, endpoint: u, send: send, name: o.Name, schema: o.Schema,
-		attempts: o.MaxDeliveryAttempts, ttl: o.EventTimeToLive, dup: o.Duplicates, delay: o.Delay,
+		attempts: o.MaxDeliveryAttempts, ttl: o.EventTimeToLive, dup: o.Duplicates, delay: o.Delay, notify: o.OnDelivery,
 		changed: make(chan struct{}), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	if sub.schema == "" {
 		sub.schema = EventGridSchema
@@ -349,9 +357,11 @@ func (s *Server) subscribe(u *url.URL, send func(context.Context, string, http.H
 
 	s.mu.Lock()
 	if s.events == nil {
-		s.events = &bus{poke: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		ctx, cancel := context.WithCancel(context.Background())
+		s.events = &bus{ctx: ctx, cancel: cancel, poke: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	}
 	b := s.events
+	sub.ctx = b.ctx
 	b.n++
 	if sub.name == "" {
 		sub.name = "kvtest-" + strconv.Itoa(b.n)
@@ -362,7 +372,7 @@ func (s *Server) subscribe(u *url.URL, send func(context.Context, string, http.H
 		return nil, errors.New("kvtest: Subscribe: the server is closed")
 	}
 
-	if err := sub.handshake(); err != nil {
+	if err := sub.handshake(b.ctx); err != nil {
 		return nil, err
 	}
 
@@ -385,8 +395,8 @@ func (s *Server) subscribe(u *url.URL, send func(context.Context, string, http.H
 
 // handshake validates the subscription as Event Grid does before it
 // creates one.
-func (sub *Subscription) handshake() error {
-	ctx, cancel := context.WithTimeout(context.Background(), DeliveryTimeout)
+func (sub *Subscription) handshake(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, DeliveryTimeout)
 	defer cancel()
 	h := http.Header{}
 	h.Set("aeg-subscription-name", sub.name)
@@ -614,8 +624,13 @@ func (sub *Subscription) run() {
 		d := sub.attempt(p)
 
 		sub.mu.Lock()
+		d = sub.settleLocked(p, d)
+		sub.mu.Unlock()
+		if sub.notify != nil {
+			sub.notify(d)
+		}
+		sub.mu.Lock()
 		sub.inflight = false
-		sub.settleLocked(p, d)
 		close(sub.changed)
 		sub.changed = make(chan struct{})
 		sub.mu.Unlock()
@@ -635,7 +650,7 @@ func (sub *Subscription) attempt(p *pending) Delivery {
 	h.Set("aeg-delivery-count", strconv.Itoa(p.attempt-1))
 	h.Set("aeg-data-version", "1")
 	h.Set("aeg-metadata-version", "1")
-	ctx, cancel := context.WithTimeout(context.Background(), DeliveryTimeout)
+	ctx, cancel := context.WithTimeout(sub.ctx, DeliveryTimeout)
 	d.Status, _, _, d.Err = sub.send(ctx, http.MethodPost, h, body)
 	cancel()
 	return d
@@ -643,7 +658,7 @@ func (sub *Subscription) attempt(p *pending) Delivery {
 
 // settleLocked decides what comes after an attempt: done, a retry, or
 // dead-lettering. The caller holds sub.mu.
-func (sub *Subscription) settleLocked(p *pending, d Delivery) {
+func (sub *Subscription) settleLocked(p *pending, d Delivery) Delivery {
 	sub.stats.Attempts++
 	now := time.Now()
 	switch {
@@ -669,6 +684,7 @@ func (sub *Subscription) settleLocked(p *pending, d Delivery) {
 		sub.log = slices.Delete(sub.log, 0, 1)
 	}
 	sub.log = append(sub.log, d)
+	return d
 }
 
 func (sub *Subscription) insertLocked(p *pending) {
@@ -845,6 +861,7 @@ func (s *Server) closeEvents() {
 	if b != nil {
 		subs = slices.Clone(b.subs)
 		clock = !b.since.IsZero()
+		b.cancel()
 	}
 	s.mu.Unlock()
 	for _, sub := range subs {

@@ -14,6 +14,13 @@
 // in JavaScript, disableChallengeResourceVerification with
 // NODE_EXTRA_CA_CERTS pointing at the certificate.
 //
+// With -eventgrid URL (repeatable) the vault delivers its Event Grid events
+// (SecretNewVersionCreated, SecretNearExpiry, SecretExpired) to a webhook
+// as an event subscription does: the validation handshake first, retried
+// every 2 seconds until the webhook answers it, then each event in the
+// -eventgrid-schema (eventgrid or cloudevents), retried on Event Grid's
+// schedule. Each delivery is logged.
+//
 // A seed file is a JSON object of name → value, or name → {"value",
 // "contentType", "tags", "enabled", "notBefore", "expires"} with times in
 // RFC 3339; seed.example.json beside this file is one.
@@ -33,6 +40,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -95,6 +103,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	seedFile := fs.String("seed-file", "", "JSON file of secrets to seed")
 	seeds := seedFlag{}
 	fs.Var(seeds, "seed", "NAME=VALUE secret to seed (repeatable)")
+	var webhooks listFlag
+	fs.Var(&webhooks, "eventgrid", "webhook `URL` to deliver the vault's Event Grid events to, as an event subscription does (repeatable)")
+	schema := fs.String("eventgrid-schema", "eventgrid", "schema of -eventgrid deliveries: eventgrid or cloudevents")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -103,6 +114,19 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *port < 0 || *port > 65535 {
 		return fmt.Errorf("-port %d out of range", *port)
+	}
+	sopts := kvtest.SubscriptionOptions{Schema: kvtest.EventGridSchema}
+	switch *schema {
+	case "eventgrid":
+	case "cloudevents":
+		sopts.Schema = kvtest.CloudEventSchema
+	default:
+		return fmt.Errorf("-eventgrid-schema %q: want eventgrid or cloudevents", *schema)
+	}
+	for _, u := range webhooks {
+		if p, err := neturl.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("-eventgrid %q: want an absolute http or https URL", u)
+		}
 	}
 	entries := map[string]seedEntry{}
 	if *seedFile != "" {
@@ -162,6 +186,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  CA cert:  %s\n", ca)
 	fmt.Fprintf(out, "  Token:    %s (valid %v; send it as \"Authorization: Bearer <token>\")\n", tok, *tokenTTL)
 	fmt.Fprintf(out, "  Secrets:  %s\n", strings.Join(names, ", "))
+	for _, u := range webhooks {
+		fmt.Fprintf(out, "  Events:   %s (%s schema)\n", u, *schema)
+	}
 	fmt.Fprintf(out, "Clients must trust the CA cert and disable challenge resource verification.\n")
 	fmt.Fprintf(out, "Try: curl --cacert %s -H \"Authorization: Bearer %s\" \"%ssecrets/NAME/?api-version=2025-07-01\"\n", ca, tok, url)
 	fmt.Fprintf(out, "Node: NODE_EXTRA_CA_CERTS=%s; new SecretClient(%q, {getToken: async () => ({token: %q, expiresOnTimestamp: Date.now() + 3600e3})}, {disableChallengeResourceVerification: true})\n", ca, url, tok)
@@ -169,10 +196,54 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		f.Sync()
 	}
 
+	var wg sync.WaitGroup
+	for _, u := range webhooks {
+		wg.Go(func() { subscribe(ctx, srv, u, sopts, out) })
+	}
 	<-ctx.Done()
+	srv.Close() // ends handshakes and deliveries under way
+	wg.Wait()
 	fmt.Fprintln(out, "kvlocal: shutting down")
 	return nil
 }
+
+// subscribe makes an event subscription for the webhook at u, trying the
+// validation handshake every 2 seconds until the webhook answers it (a
+// service often starts after the vault it reads), and logs each delivery.
+func subscribe(ctx context.Context, srv *kvtest.Server, u string, o kvtest.SubscriptionOptions, out io.Writer) {
+	o.OnDelivery = func(d kvtest.Delivery) {
+		answer := strconv.Itoa(d.Status)
+		if d.Err != nil {
+			answer = d.Err.Error()
+		}
+		fmt.Fprintf(out, "kvlocal: Event Grid: %s %s/%s to %s, attempt %d: %s (%s)\n",
+			strings.TrimPrefix(d.EventType, "Microsoft.KeyVault."), d.Secret, d.Version, u, d.Attempt, answer, d.Outcome)
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for warned := false; ; {
+		sub, err := srv.Subscribe(u, &o)
+		if err == nil {
+			fmt.Fprintf(out, "kvlocal: Event Grid: subscription %s validated by %s\n", sub.Name(), u)
+			return // the server's Close ends it
+		}
+		if !warned {
+			fmt.Fprintf(out, "kvlocal: Event Grid: %v; trying again every 2s\n", err)
+			warned = true
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 // defaultCAPath is where the CA certificate goes without -ca-out: outside
 // the working folder (a repository's git status stays clean), in the user's

@@ -6,7 +6,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +23,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"go.uber.org/goleak"
 )
@@ -108,7 +113,8 @@ func TestKvlocalProcess(t *testing.T) {
 }
 
 func TestKvlocalRefusesBadFlags(t *testing.T) {
-	for _, args := range [][]string{{"-port", "70000"}, {"-seed", "novalue"}, {"extra"}, {"-seed-file", "/nonexistent.json"}, {"-vault-name", "x"}} {
+	for _, args := range [][]string{{"-port", "70000"}, {"-seed", "novalue"}, {"extra"}, {"-seed-file", "/nonexistent.json"}, {"-vault-name", "x"},
+		{"-eventgrid", "/relative"}, {"-eventgrid-schema", "xml"}} {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		if err := run(ctx, args, discard{}); err == nil {
@@ -214,5 +220,91 @@ func (l *lines) Write(b []byte) (int, error) {
 		default:
 		}
 		l.buf = l.buf[i+1:]
+	}
+}
+
+// TestKvlocalDeliversEventGridEvents runs kvlocal with -eventgrid pointing
+// at a webhook that is not ready at first (its first handshake fails, as a
+// service starting after the vault would): kvlocal validates it on a later
+// try, delivers the event of a new version written through the REST API,
+// and logs the delivery.
+func TestKvlocalDeliversEventGridEvents(t *testing.T) {
+	var mu sync.Mutex
+	var handshakes int
+	var events []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Header.Get("aeg-event-type") == "SubscriptionValidation" {
+			handshakes++
+			if handshakes == 1 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			var evs []struct {
+				Data struct{ ValidationCode string } `json:"data"`
+			}
+			json.Unmarshal(body, &evs)
+			fmt.Fprintf(w, `{"validationResponse":%q}`, evs[0].Data.ValidationCode)
+			return
+		}
+		if r.URL.Query().Get("key") != "k" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		events = append(events, string(body))
+	}))
+	defer hook.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &lines{printed: make(chan string, 100)}
+	done := make(chan error, 1)
+	dir := t.TempDir()
+	go func() {
+		done <- run(ctx, []string{"-port", "0", "-token", "tok", "-ca-out", filepath.Join(dir, "ca.pem"), "-eventgrid", hook.URL + "/events?key=k"}, out)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	var url string
+	var validated, delivered bool
+	var c *azsecrets.Client
+	timeout := time.After(20 * time.Second)
+	for !delivered {
+		select {
+		case l := <-out.printed:
+			if m := regexp.MustCompile(`^  URL:\s+(\S+)`).FindStringSubmatch(l); m != nil {
+				url = m[1]
+			}
+			if strings.Contains(l, "validated by "+hook.URL) {
+				validated = true
+				pem, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+				pool := x509.NewCertPool()
+				pool.AppendCertsFromPEM(pem)
+				c, _ = azsecrets.NewClient(url, staticToken("tok"), &azsecrets.ClientOptions{
+					ClientOptions:                        azcore.ClientOptions{Transport: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}},
+					DisableChallengeResourceVerification: true,
+				})
+				if _, err := c.SetSecret(context.Background(), "Rotated", azsecrets.SetSecretParameters{Value: to.Ptr("v2")}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if strings.Contains(l, "SecretNewVersionCreated Rotated/") && strings.HasSuffix(l, ": 200 (delivered)") {
+				delivered = true
+			}
+		case err := <-done:
+			t.Fatalf("kvlocal stopped: %v", err)
+		case <-timeout:
+			t.Fatalf("validated %v, delivered %v", validated, delivered)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if handshakes != 2 || len(events) != 1 || !strings.Contains(events[0], `"eventType":"Microsoft.KeyVault.SecretNewVersionCreated"`) {
+		t.Errorf("%d handshakes, events %q", handshakes, events)
 	}
 }
