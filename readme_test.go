@@ -424,6 +424,40 @@ func TestServesThroughAnOutage(t *testing.T) {
 	})
 }
 
+// README, "Rotations pushed by Event Grid".
+func TestRotationArrivesByEventGrid(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		vault, err := kvtest.NewInProcess(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vault.Close() // ends its event deliveries
+		vault.SetSecret("StripeKey", "sk_test_1", nil)
+		secrets, err := kvsecrets.NewProvider(vault.URL(), vault.Credential(),
+			&kvsecrets.Options{ClientOptions: vault.ClientOptions(), TTL: 8 * time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer secrets.Close()
+		if _, err := secrets.Get(t.Context(), "StripeKey"); err != nil {
+			t.Fatal(err)
+		}
+
+		// Your service's webhook, subscribed to the vault's events as Event
+		// Grid subscribes it: the validation handshake first.
+		webhook := secrets.EventGridHandler(&kvsecrets.EventGridOptions{SharedSecret: "s3cret"})
+		if _, err := vault.SubscribeHandler("/events?key=s3cret", webhook, nil); err != nil {
+			t.Fatal(err)
+		}
+
+		vault.SetSecret("StripeKey", "sk_test_2", nil) // the rotation
+		synctest.Wait()                                // its delivery, and the refresh that starts
+		if key, _ := secrets.Get(t.Context(), "StripeKey"); key != "sk_test_2" {
+			t.Fatalf("after the event, Get serves %q; its TTL would have kept the old key for hours", key)
+		}
+	})
+}
+
 // kvtest's package doc (kvtest/server.go).
 func TestKvtestPackageDoc(t *testing.T) {
 	srv := kvtest.NewTestServer(t, nil)

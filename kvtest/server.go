@@ -17,6 +17,13 @@
 // challenge resource verification on. Test controls add latency, fail
 // requests with chosen answers, drop connections, throttle like Key Vault,
 // and count and log requests.
+//
+// The vault publishes Key Vault's Event Grid events for secrets and
+// delivers them as Event Grid does, to a handler in process
+// ([Server.SubscribeHandler]) or a webhook URL ([Server.Subscribe]): the
+// validation handshake first, then SecretNewVersionCreated for each new
+// version and SecretNearExpiry and SecretExpired on the vault's clock,
+// retried on Event Grid's schedule.
 package kvtest
 
 import (
