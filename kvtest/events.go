@@ -120,8 +120,9 @@ type SubscriptionOptions struct {
 	// attempted (Event Grid's latency, usually under a second). Default 0.
 	Delay time.Duration
 	// Client sends the deliveries of a subscription made with
-	// [Server.Subscribe]. Default http.DefaultClient; each attempt is
-	// bounded by DeliveryTimeout.
+	// [Server.Subscribe]. Default: http.DefaultTransport, following no
+	// redirect (to Event Grid a 3xx is a failure); each attempt is bounded
+	// by DeliveryTimeout.
 	Client *http.Client
 	// OnDelivery, when set, is called after each delivery attempt, on the
 	// subscription's goroutine: the next attempt waits for it.
@@ -243,7 +244,8 @@ func (s *Server) Subscribe(endpoint string, o *SubscriptionOptions) (*Subscripti
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, errors.New("kvtest: Subscribe: endpoint must be an absolute http or https URL")
 	}
-	client := http.DefaultClient
+	// Event Grid does not follow redirects: a 3xx is a failed attempt.
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	if o != nil && o.Client != nil {
 		client = o.Client
 	}
