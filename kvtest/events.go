@@ -825,7 +825,9 @@ func (sub *Subscription) Wait(ctx context.Context) error {
 }
 
 // Close deletes the subscription: events not yet delivered are dropped,
-// and Close returns after an attempt under way has ended.
+// and Close returns after an attempt under way has ended, so it must not be
+// called from the subscriber's handler or OnDelivery, which run within an
+// attempt (nor may Server.Close).
 func (sub *Subscription) Close() {
 	s := sub.srv
 	s.mu.Lock()
