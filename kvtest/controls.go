@@ -192,6 +192,9 @@ type Request struct {
 	Version    string
 	Status     int  // the status answered; -1 for a dropped connection
 	Authorized bool // carried a token the server issued
+	// RequestID is the x-ms-request-id the server answered with, as an
+	// SDK's error shows it ("" for a dropped connection).
+	RequestID string
 }
 
 // Counts are the server's request counters.
@@ -211,7 +214,7 @@ type stats struct {
 // maxLog bounds the request log; older entries are dropped.
 const maxLog = 10000
 
-func (s *Server) logRequest(r *http.Request, rt route, authorised bool, status int) {
+func (s *Server) logRequest(r *http.Request, rt route, authorised bool, status int, requestID string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := &s.stats
@@ -226,7 +229,7 @@ func (s *Server) logRequest(r *http.Request, rt route, authorised bool, status i
 		st.log = append(st.log[:0], st.log[len(st.log)-maxLog/2:]...)
 	}
 	st.log = append(st.log, Request{Time: time.Now(), Method: r.Method, Path: r.URL.Path, Op: rt.op,
-		Secret: rt.name, Version: rt.version, Status: status, Authorized: authorised})
+		Secret: rt.name, Version: rt.version, Status: status, Authorized: authorised, RequestID: requestID})
 }
 
 // Counts returns the request counters.

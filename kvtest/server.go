@@ -143,6 +143,10 @@ type Server struct {
 
 	inProcess bool // no socket: see NewInProcess
 
+	// assignmentID is the x-ms-keyvault-rbac-assignment-id of the
+	// server's answers to authenticated requests.
+	assignmentID string
+
 	mu     sync.Mutex
 	vault  vault
 	faults faults
@@ -192,7 +196,7 @@ func NewServer(opts *Options) (*Server, error) {
 }
 
 func newVault(opts *Options) (*Server, error) {
-	s := &Server{name: opts.VaultName, tenant: opts.Tenant}
+	s := &Server{name: opts.VaultName, tenant: opts.Tenant, assignmentID: newAssignmentID()}
 	if s.name == "" {
 		s.name = DefaultVaultName
 	}

@@ -567,7 +567,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &recorder{ResponseWriter: w}
 	rt, known := parseRoute(r.Method, r.URL.Path)
 	authorised := s.authorised(r)
-	defer func() { s.logRequest(r, rt, authorised, rec.status) }()
+	// Every answer carries Key Vault's headers (headers.go), the challenge
+	// and injected faults too.
+	requestID := setResponseHeaders(w.Header(), r)
+	defer func() {
+		id := requestID
+		if rec.status < 0 {
+			id = "" // dropped: the client saw no answer
+		}
+		s.logRequest(r, rt, authorised, rec.status, id)
+	}()
 
 	// Latency is the network's: every request pays it, the challenge too.
 	if d := s.latency(); d > 0 {
@@ -592,6 +601,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	// Answers to authenticated requests name the role assignment that
+	// let them through; the challenge and injected faults do not.
+	w.Header().Set("x-ms-keyvault-rbac-assignment-id", s.assignmentID)
 	if r.URL.Query().Get("api-version") == "" {
 		writeError(rec, badParameter("The api-version query parameter (?api-version=) is required for all requests."))
 		return

@@ -18,6 +18,7 @@ import (
 type Entry struct {
 	RequestURI      string            `json:"RequestUri"`
 	RequestMethod   string            `json:"RequestMethod"`
+	RequestHeaders  map[string]string `json:"RequestHeaders"`
 	RequestBody     json.RawMessage   `json:"RequestBody"`
 	StatusCode      int               `json:"StatusCode"`
 	ResponseHeaders map[string]string `json:"ResponseHeaders"`
