@@ -93,6 +93,7 @@ func TestResponseHeadersOnEveryAnswer(t *testing.T) {
 		{"not found", "GET", "secrets/Nope/" + av, tok, nil, 404, true},
 		{"disabled", "GET", "secrets/Off/" + av, tok, nil, 403, true},
 		{"no api-version", "GET", "secrets/K/", tok, nil, 400, true},
+		{"unknown api-version", "GET", "secrets/K/?api-version=1.0", tok, nil, 400, true},
 		{"unknown path", "GET", "keys/K" + av, tok, nil, 400, true},
 		{"purge", "DELETE", "deletedsecrets/Gone" + av, tok, nil, 204, true},
 		{"fault", "GET", "secrets/K/" + av, tok, &ServiceUnavailable, 503, false},

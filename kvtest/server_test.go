@@ -235,11 +235,11 @@ func TestChallengeAndTokens(t *testing.T) {
 		short, _ := NewInProcess(&Options{TokenLifetime: time.Minute})
 		short.Seed(map[string]string{"K": "v"})
 		tok, _ := short.IssueToken()
-		if status, _, _ := rawGet(t, short, "secrets/K/?api-version=1", tok); status != 200 {
+		if status, _, _ := rawGet(t, short, "secrets/K/?api-version=2026-04-01", tok); status != 200 {
 			t.Fatalf("fresh token: %d", status)
 		}
 		time.Sleep(time.Minute)
-		if status, _, _ := rawGet(t, short, "secrets/K/?api-version=1", tok); status != 401 {
+		if status, _, _ := rawGet(t, short, "secrets/K/?api-version=2026-04-01", tok); status != 401 {
 			t.Fatalf("expired token: %d", status)
 		}
 	})
@@ -339,15 +339,15 @@ func TestThrottleModel(t *testing.T) {
 		s.Seed(map[string]string{"K": "v"})
 		tok, _ := s.IssueToken()
 		s.SetThrottle(1, 10*time.Second)
-		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=1", tok); status != 200 {
+		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=2026-04-01", tok); status != 200 {
 			t.Fatalf("first: %d", status)
 		}
 		time.Sleep(9 * time.Second)
-		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=1", tok); status != 429 {
+		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=2026-04-01", tok); status != 429 {
 			t.Fatalf("same window: %d", status)
 		}
 		time.Sleep(time.Second)
-		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=1", tok); status != 200 {
+		if status, _, _ := rawGet(t, s, "secrets/K/?api-version=2026-04-01", tok); status != 200 {
 			t.Fatalf("new window: %d", status)
 		}
 	})

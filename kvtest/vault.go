@@ -604,8 +604,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Answers to authenticated requests name the role assignment that
 	// let them through; the challenge and injected faults do not.
 	w.Header().Set("x-ms-keyvault-rbac-assignment-id", s.assignmentID)
-	if r.URL.Query().Get("api-version") == "" {
-		writeError(rec, badParameter("The api-version query parameter (?api-version=) is required for all requests."))
+	if err := checkAPIVersion(r.URL.Query().Get("api-version")); err != nil {
+		writeError(rec, err)
 		return
 	}
 	if !known {
