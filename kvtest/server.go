@@ -132,6 +132,13 @@ func (t *Tenant) valid(token string) bool {
 }
 
 // Server is a local Key Vault. Its methods are safe for concurrent use.
+//
+// Its backup blobs (POST /secrets/{name}/backup) are opaque, as Key
+// Vault's are: sealed with AES-256-GCM under a key the Server makes when
+// it is created, they show neither the secret's name nor its values, and
+// a blob restores only into the Server that made it. Another Server, a
+// restarted cmd/kvlocal, or a blob with any byte changed is refused with
+// 400 BadParameter "Cannot decrypt backup blob.".
 type Server struct {
 	name   string
 	tenant *Tenant

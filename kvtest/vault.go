@@ -1,6 +1,7 @@
 package kvtest
 
 import (
+	"crypto/cipher"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -33,11 +34,13 @@ const (
 type vault struct {
 	active  map[string]*secret // by lower-case name
 	deleted map[string]*secret
+	backups cipher.AEAD // seals backup blobs under the server's own key (backup.go)
 }
 
 func (v *vault) init() {
 	v.active = map[string]*secret{}
 	v.deleted = map[string]*secret{}
+	v.backups = newBackupAEAD()
 }
 
 type secret struct {
@@ -248,59 +251,6 @@ func deletedBundle(base string, s *secret, withVersion bool) deletedJSON {
 	}
 	return deletedJSON{RecoveryID: base + "deletedsecrets/" + s.name, DeletedDate: s.deletedDate,
 		ScheduledPurgeDate: s.scheduledPurgeDate, bundleJSON: b}
-}
-
-// backupPrefix marks blobs made by kvtest's backup.
-const backupPrefix = "kvtest-backup-v1:"
-
-type backupJSON struct {
-	Name     string `json:"name"`
-	Versions []struct {
-		ID, Value, ContentType string
-		Tags                   map[string]string
-		Enabled                bool
-		NBF, EXP               *int64
-		Created, Updated       int64
-	} `json:"versions"`
-}
-
-func (v *vault) backup(s *secret) string {
-	var b backupJSON
-	b.Name = s.name
-	for _, x := range s.versions {
-		b.Versions = append(b.Versions, struct {
-			ID, Value, ContentType string
-			Tags                   map[string]string
-			Enabled                bool
-			NBF, EXP               *int64
-			Created, Updated       int64
-		}{x.id, x.value, x.contentType, x.tags, x.enabled, x.nbf, x.exp, x.created, x.updated})
-	}
-	raw, _ := json.Marshal(b)
-	return base64.RawURLEncoding.EncodeToString(append([]byte(backupPrefix), raw...))
-}
-
-func (v *vault) restore(blob string) (*secret, *apiError) {
-	raw, err := base64.RawURLEncoding.DecodeString(blob)
-	if err != nil || !strings.HasPrefix(string(raw), backupPrefix) {
-		return nil, badParameter("Backup blob could not be decoded.")
-	}
-	var b backupJSON
-	if err := json.Unmarshal(raw[len(backupPrefix):], &b); err != nil || !validName(b.Name) || len(b.Versions) == 0 {
-		return nil, badParameter("Backup blob is invalid.")
-	}
-	key := strings.ToLower(b.Name)
-	if v.active[key] != nil || v.deleted[key] != nil {
-		return nil, &apiError{status: http.StatusConflict, code: "Conflict",
-			message: "There was a conflict restoring the secret '" + b.Name + "'. A secret with the same name exists or is deleted but not purged."}
-	}
-	s := &secret{name: b.Name}
-	for _, x := range b.Versions {
-		s.versions = append(s.versions, &version{id: x.ID, value: x.Value, contentType: x.ContentType, tags: x.Tags,
-			enabled: x.Enabled, nbf: x.NBF, exp: x.EXP, created: x.Created, updated: x.Updated})
-	}
-	v.active[key] = s
-	return s, nil
 }
 
 // page returns items[skip:skip+max] and the next link, if any.
