@@ -3,8 +3,6 @@ package kvtest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -767,15 +765,6 @@ func unixString(t *int64) *string {
 // eventTime renders t as Event Grid does, with seven fractional digits:
 // 2019-07-25T01:08:33.1036736Z.
 func eventTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.0000000Z") }
-
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
 
 // Name returns the subscription's name.
 func (sub *Subscription) Name() string { return sub.name }

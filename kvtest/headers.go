@@ -30,7 +30,7 @@ const (
 // setResponseHeaders sets the headers every answer carries and returns the
 // request id it chose.
 func setResponseHeaders(h http.Header, r *http.Request) string {
-	id := newRequestID()
+	id := newUUID()
 	h.Set("Cache-Control", "no-cache")
 	h.Set("Pragma", "no-cache")
 	h.Set("Expires", "-1")
@@ -64,9 +64,9 @@ func networkInfo(remoteAddr string) string {
 	return "conn_type=Ipv6;addr=" + ip.String() + ";act_addr_fam=InterNetworkV6;"
 }
 
-// newRequestID returns a random (version 4) UUID, the form of Key Vault's
-// x-ms-request-id.
-func newRequestID() string {
+// newUUID returns a random (version 4) UUID, the form of Key Vault's
+// x-ms-request-id and of Event Grid's event and validation ids.
+func newUUID() string {
 	var b [16]byte
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
