@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kvsecrets/kvsecrets/internal/recordings"
+	"github.com/kvsecrets/kvsecrets/kvtest"
 )
 
 const sampleVersion = "ee059b2bb5bc48398a53b168c6cdcb10" // the version in the real samples
@@ -505,5 +506,62 @@ func TestEventGridHandlerWithoutAuthPanics(t *testing.T) {
 		if p.EventGridHandler(opts) == nil {
 			t.Errorf("%s: nil handler", name)
 		}
+	}
+}
+
+// TestEventGridFromKvtestEndToEnd runs the webhook against kvtest's own
+// Event Grid, in both schemas and in simulated time: a rotation written
+// through the Provider's Rotate reaches a second Provider (another
+// instance) through its webhook and is served at once, far inside its TTL;
+// the new version's expiry brings OnNearExpiry 30 days ahead, on the
+// vault's clock.
+func TestEventGridFromKvtestEndToEnd(t *testing.T) {
+	for _, schema := range []kvtest.EventSchema{kvtest.EventGridSchema, kvtest.CloudEventSchema} {
+		t.Run(string(schema), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				vault, err := kvtest.NewInProcess(nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer vault.Close()
+				vault.SetSecret("ApiKey", "key-1", nil)
+				// IdleTimeout: the service reads the key all along, but the
+				// test does not call Get for 60 days.
+				opts := &Options{ClientOptions: vault.ClientOptions(), TTL: 8 * time.Hour, IdleTimeout: 100 * 24 * time.Hour}
+				writer, _ := NewProvider(vault.URL(), vault.Credential(), opts)
+				defer writer.Close()
+				reader, _ := NewProvider(vault.URL(), vault.Credential(), opts)
+				defer reader.Close()
+				mustGet(t, reader, "ApiKey", "key-1")
+
+				var near []ExpiryEvent
+				webhook := reader.EventGridHandler(&EventGridOptions{SharedSecret: "s3cret",
+					OnNearExpiry: func(ev ExpiryEvent) { near = append(near, ev) }})
+				sub, err := vault.SubscribeHandler("/events?key=s3cret", webhook, &kvtest.SubscriptionOptions{Schema: schema})
+				if err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				exp := start.Add(90 * 24 * time.Hour)
+				ver, err := writer.Rotate(t.Context(), "ApiKey", "key-2", &RotateOptions{Validity: 90 * 24 * time.Hour})
+				if err != nil {
+					t.Fatal(err)
+				}
+				synctest.Wait()
+				mustGet(t, reader, "ApiKey", "key-2")
+				if st := reader.Stats(); st.EventsActedOn != 1 {
+					t.Errorf("reader acted on %d events", st.EventsActedOn)
+				}
+
+				time.Sleep(60*24*time.Hour + time.Second)
+				synctest.Wait()
+				if len(near) != 1 || near[0].Name != "ApiKey" || near[0].Version != ver.Version || !near[0].Expires.Equal(exp.Truncate(time.Second)) {
+					t.Fatalf("OnNearExpiry calls %+v, want one for %s 60 days after the rotation", near, ver.Version)
+				}
+				if ds := sub.Deliveries(); len(ds) != 2 || ds[1].At.Sub(start) != 60*24*time.Hour {
+					t.Errorf("deliveries %+v", ds)
+				}
+			})
+		})
 	}
 }
