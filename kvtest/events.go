@@ -214,11 +214,11 @@ type bus struct {
 	ctx    context.Context // ends at Server.Close: handshakes and attempts under way stop
 	cancel context.CancelFunc
 	subs   []*Subscription
-	n     int // subscriptions ever made, for default names
-	poke  chan struct{}
-	stop  chan struct{}
-	done  chan struct{}
-	since time.Time
+	n      int // subscriptions ever made, for default names
+	poke   chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
+	since  time.Time
 }
 
 // Subscribe creates an event subscription that POSTs the vault's events to
