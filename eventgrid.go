@@ -9,7 +9,6 @@ import (
 	"io"
 	"iter"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -55,14 +54,15 @@ type EventGridOptions struct {
 	AllowUnauthenticated bool
 	// CoalesceWindow folds the refreshes that events ask for within this
 	// interval into one per secret, so that a replayed or forged burst
-	// cannot become a burst on the vault. Default 1s.
+	// cannot become a burst on the vault. Default
+	// Options.EventCoalesceWindow (1s).
 	CoalesceWindow time.Duration
 	// Spread delays each event-driven refresh by a random time up to
 	// Spread. A large fleet rotating many secrets at once otherwise sends
 	// every instance's reads in the same second, beyond Key Vault's 4,000
 	// GETs per 10 s (see BENCHMARKS.md); spreading them over about
 	// instances × secrets / 400 seconds avoids the 429s at no cost in
-	// convergence. Default 0: refresh at once.
+	// convergence. Default Options.EventSpread (0: refresh at once).
 	Spread time.Duration
 	// OnNearExpiry, when set, is called for SecretNearExpiry events about
 	// this vault's secrets (besides a Warn log). It runs in the request; a
@@ -107,7 +107,7 @@ type ExpiryEvent struct {
 // 405, and none of them changes anything. Stats count events received and
 // acted on, and deliveries rejected.
 func (p *Provider) EventGridHandler(opts *EventGridOptions) http.Handler {
-	h := &eventGridHandler{p: p, secretParam: "key", window: time.Second}
+	h := &eventGridHandler{p: p, secretParam: "key", window: p.cfg.eventWindow, spread: p.cfg.eventSpread}
 	if opts != nil {
 		h.opts = *opts
 		if opts.SecretParam != "" {
@@ -115,6 +115,9 @@ func (p *Provider) EventGridHandler(opts *EventGridOptions) http.Handler {
 		}
 		if opts.CoalesceWindow > 0 {
 			h.window = opts.CoalesceWindow
+		}
+		if opts.Spread > 0 {
+			h.spread = opts.Spread
 		}
 	}
 	if h.opts.SharedSecret == "" && h.opts.Authorize == nil && !h.opts.AllowUnauthenticated {
@@ -136,6 +139,7 @@ type eventGridHandler struct {
 	opts        EventGridOptions
 	secretParam string
 	window      time.Duration
+	spread      time.Duration
 	vaultHost   string
 }
 
@@ -287,30 +291,7 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 		}
 		return
 	}
-	target := e
-	e.mu.Lock()
-	known := e.lastVersion
-	e.mu.Unlock()
-	if known == "" {
-		// Not read through Get: through Verify only, or not at all (then
-		// the next read goes to the vault anyway).
-		ve := e.verifier()
-		if ve == nil {
-			return
-		}
-		st := ve.state.Load()
-		if !st.hasValue {
-			return
-		}
-		target, known = ve, st.version
-	}
-	if ev.Type == EventSecretNewVersionCreated && version != "" && strings.EqualFold(version, known) {
-		return // already serving it: a replay, or our own rotation
-	}
-	p.eventsActedOn.Add(1)
-	p.cfg.logger.Info("kvsecrets: Event Grid: refreshing secret",
-		slog.String("secret", name), slog.String("event", ev.Type), slog.String("version", version))
-	h.refresh(target)
+	p.newVersion(name, version, ev.Type, ev.Type == EventSecretNewVersionCreated, h.window, h.spread)
 }
 
 // callOnNearExpiry calls the hook, recovering and logging a panic as
@@ -323,40 +304,6 @@ func (h *eventGridHandler) callOnNearExpiry(ev ExpiryEvent) {
 		}
 	}()
 	runCallback(func() { h.opts.OnNearExpiry(ev) })
-}
-
-// refresh starts a refresh of e now, or folds it into one at the end of
-// the coalescing window if one started within it.
-func (h *eventGridHandler) refresh(e *entry) {
-	now := time.Now()
-	var delay time.Duration
-	if h.opts.Spread > 0 {
-		delay = rand.N(h.opts.Spread)
-	}
-	e.mu.Lock()
-	x := e.events()
-	switch {
-	case now.Sub(x.eventAt) >= h.window && delay == 0:
-		x.eventAt = now
-		e.mu.Unlock()
-		// The scheduled cases below check idleness in due; this one does
-		// it here, so that events cannot keep unread secrets refreshed.
-		if !h.p.idleNow(e) {
-			h.p.rereadSoon(e)
-		}
-	case now.Sub(x.eventAt) >= h.window:
-		x.eventAt = now.Add(delay)
-		at := x.eventAt
-		e.mu.Unlock()
-		h.p.scheduleAt(e, at)
-	case now.Before(x.eventAt):
-		e.mu.Unlock() // a refresh is planned for the window's end: fold into it
-	default:
-		x.eventAt = x.eventAt.Add(h.window)
-		at := x.eventAt
-		e.mu.Unlock()
-		h.p.scheduleAt(e, at)
-	}
 }
 
 // gridEvent is the part of an event, in either schema, that matters here.

@@ -228,6 +228,39 @@ func ExampleProvider_EventGridHandler() {
 	// v2
 }
 
+// Any transport can feed a Provider news of a new version: a message
+// engine that fans one webhook delivery out to every instance, a queue, a
+// script. The notice carries no value; the Provider re-reads the vault.
+func ExampleProvider_Notify() {
+	vault, err := kvtest.NewServer(nil)
+	if err != nil {
+		panic(err)
+	}
+	defer vault.Close()
+	vault.SetSecret("MyApiKey", "key-1", nil)
+	rotated := make(chan struct{}, 1)
+	p, _ := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{ClientOptions: vault.ClientOptions()})
+	defer p.Close()
+	p.AddOnRotate(func(kvsecrets.RotationEvent) { rotated <- struct{}{} })
+	p.Get(context.Background(), "MyApiKey")
+
+	version, _ := vault.SetSecret("MyApiKey", "key-2", nil) // rotated elsewhere
+	// What a message from another instance says: {vault host, name, version}.
+	acted, err := p.Notify(kvsecrets.Notice{Vault: "kvtest.vault.azure.net", Name: "MyApiKey", Version: version})
+	fmt.Println(acted, err)
+	<-rotated // the refresh runs in the background
+	v, _ := p.Get(context.Background(), "MyApiKey")
+	fmt.Println(v)
+
+	// The same notice again is no news: that version is served already.
+	acted, _ = p.Notify(kvsecrets.Notice{Name: "MyApiKey", Version: version})
+	fmt.Println(acted)
+	// Output:
+	// true <nil>
+	// key-2
+	// false
+}
+
 func ExampleProvider_Load() {
 	vault, err := kvtest.NewServer(nil)
 	if err != nil {

@@ -153,6 +153,22 @@ type Options struct {
 	// reference never sends the application's token to an arbitrary host.
 	AllowedVaultHosts []string
 
+	// EventCoalesceWindow folds the refreshes that news of new versions
+	// asks for (Event Grid events, Notify) within this interval into one per
+	// secret, so that a replayed or forged burst cannot become a burst on
+	// the vault. Default 1s. EventGridOptions.CoalesceWindow overrides it
+	// for one handler.
+	EventCoalesceWindow time.Duration
+
+	// EventSpread delays each refresh that news of a new version asks for
+	// by a random time up to EventSpread. A large fleet told of many
+	// rotations at once otherwise sends every instance's reads in the same
+	// second, beyond Key Vault's 4,000 GETs per 10 s (see BENCHMARKS.md);
+	// spreading them over about instances × secrets / 400 seconds avoids
+	// the 429s. Default 0: refresh at once. EventGridOptions.Spread
+	// overrides it for one handler.
+	EventSpread time.Duration
+
 	// OnRotate is called once each time a cached secret is seen with a new
 	// version (not on its first load). It runs outside every lock, on a
 	// background goroutine or in the caller of Refresh; calls for one secret
@@ -191,6 +207,8 @@ type config struct {
 	allowedHosts       []string
 	onRotate           func(RotationEvent)
 	logger             *slog.Logger
+	eventWindow        time.Duration
+	eventSpread        time.Duration
 }
 
 // newConfig validates o and fills in defaults. Every error names the field.
@@ -242,6 +260,8 @@ func newConfig(o *Options) (config, error) {
 		allowedHosts:       append([]string(nil), o.AllowedVaultHosts...),
 		onRotate:           o.OnRotate,
 		logger:             o.Logger,
+		eventWindow:        dur("EventCoalesceWindow", o.EventCoalesceWindow, time.Second),
+		eventSpread:        dur("EventSpread", o.EventSpread, 0),
 	}
 	// NaN compares false with everything, so test for the valid range.
 	if c.refreshAt == 0 {

@@ -375,6 +375,7 @@ func (p *Provider) vaultFor(host string) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.hooks = p.hooks
 	if p.others == nil {
 		p.others = map[string]*Provider{}
 	}

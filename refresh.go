@@ -667,9 +667,15 @@ func (p *Provider) drainRotations(e *entry) {
 }
 
 func (p *Provider) callOnRotate(ev RotationEvent) {
-	if p.cfg.onRotate == nil {
-		return
+	if p.cfg.onRotate != nil {
+		p.callRotateHook(p.cfg.onRotate, ev)
 	}
+	for _, f := range p.hooks.list() {
+		p.callRotateHook(*f, ev)
+	}
+}
+
+func (p *Provider) callRotateHook(fn func(RotationEvent), ev RotationEvent) {
 	defer func() {
 		if r := recover(); r != nil {
 			// The panic value is not logged: it could be the secret itself.
@@ -678,7 +684,7 @@ func (p *Provider) callOnRotate(ev RotationEvent) {
 				slog.String("panic", fmt.Sprintf("%T", r)), slog.String("stack", string(debug.Stack())))
 		}
 	}()
-	runCallback(func() { p.cfg.onRotate(ev) })
+	runCallback(func() { fn(ev) })
 }
 
 // scheduler runs background work at its due times: one goroutine with a

@@ -149,7 +149,8 @@ type Stats struct {
 	StaleDrops      uint64 // cached values dropped because MaxStale passed without a successful refresh
 	Writes          uint64 // new versions written by Rotate
 	EventsReceived  uint64 // Event Grid events delivered to EventGridHandler
-	EventsActedOn   uint64 // events that started (or were folded into) a refresh, or were warned about
+	EventsActedOn   uint64 // events and notices that started (or were folded into) a refresh, or were warned about
+	Notices         uint64 // calls of Notify with a valid notice
 	EventsRejected  uint64 // deliveries refused: authentication, size, method or malformed JSON
 	Evictions       uint64 // entries evicted, least recently read first, to stay within Options.MaxEntries
 	IdleDrops       uint64 // entries dropped because nobody read them for Options.IdleTimeout

@@ -48,6 +48,8 @@ type Provider struct {
 	staleServes, rotations, revocations, staleDrops, writes         atomic.Uint64
 	evictions, idleDrops                                            atomic.Uint64
 	eventsReceived, eventsActedOn, eventsRejected                   atomic.Uint64
+	notices                                                         atomic.Uint64
+	hooks                                                           *rotateHooks // AddOnRotate's, shared with others
 }
 
 // NewProvider returns a Provider for the vault at vaultURL (such as
@@ -79,6 +81,7 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 		p.opts = *opts
 	}
 	p.host = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/"))
+	p.hooks = &rotateHooks{}
 	p.idx.init()
 	p.ctx, p.cancel = context.WithCancelCause(context.Background())
 	p.sched.init()
@@ -523,6 +526,7 @@ func (p *Provider) Stats() Stats {
 		Writes:          p.writes.Load(),
 		EventsReceived:  p.eventsReceived.Load(),
 		EventsActedOn:   p.eventsActedOn.Load(),
+		Notices:         p.notices.Load(),
 		EventsRejected:  p.eventsRejected.Load(),
 		Evictions:       p.evictions.Load(),
 		IdleDrops:       p.idleDrops.Load(),
