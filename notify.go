@@ -29,13 +29,19 @@ type Notice struct {
 	// Version is the new version's id; "" when unknown, in which case the
 	// secret is re-read whatever version it serves.
 	Version string
+	// Spread, when positive, delays the refresh by a random time up to
+	// Spread instead of Options.EventSpread: a fan-out that knows how many
+	// instances hear each notice can spread their reads to fit the vault's
+	// rate (see NotifyAll for the arithmetic).
+	Spread time.Duration
 }
 
 // Notify acts on a notice as EventGridHandler acts on a
 // SecretNewVersionCreated event: if the secret is cached (through Get or
 // Verify) and not already served at Version, it is re-read in the
 // background, once per Options.EventCoalesceWindow however many notices
-// arrive, after a random delay up to Options.EventSpread. Notify never
+// arrive, after a random delay up to Options.EventSpread (or the notice's
+// own Spread). Notify never
 // waits for the vault. It reports whether a refresh was started or planned;
 // false means the notice was not news: another vault, a secret not cached,
 // a version already served, or a closed Provider.
@@ -71,7 +77,11 @@ func (p *Provider) Notify(n Notice) (bool, error) {
 	if target.isClosed() {
 		return false, nil
 	}
-	return target.newVersion(n.Name, n.Version, "notice", true, target.cfg.eventWindow, target.cfg.eventSpread), nil
+	spread := target.cfg.eventSpread
+	if n.Spread > 0 {
+		spread = n.Spread
+	}
+	return target.newVersion(n.Name, n.Version, "notice", true, target.cfg.eventWindow, spread), nil
 }
 
 // NotifyAll tells the Provider that any of its cached secrets may have a

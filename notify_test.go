@@ -100,6 +100,17 @@ func TestNotifyIsCoalescedAndSpread(t *testing.T) {
 			t.Errorf("%d reads for a burst of 10,000 notices; want the burst folded into at most 2", n)
 		}
 		mustGet(t, p, "ApiKey", "key-2")
+
+		// A notice's own Spread replaces EventSpread.
+		v.set("ApiKey", "key-3")
+		before, start = v.count("ApiKey"), time.Now()
+		p.Notify(Notice{Name: "ApiKey", Spread: time.Second})
+		for v.count("ApiKey") == before {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("the refresh came %v after a notice with Spread 1s", took)
+		}
 	})
 }
 
