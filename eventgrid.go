@@ -291,7 +291,7 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 		}
 		return
 	}
-	p.newVersion(name, version, ev.Type, ev.Type == EventSecretNewVersionCreated, h.window, h.spread)
+	p.newVersion(name, version, ev.Type, ev.Type == EventSecretNewVersionCreated, h.window, randUpTo(h.spread))
 }
 
 // callOnNearExpiry calls the hook, recovering and logging a panic as

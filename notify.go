@@ -1,6 +1,7 @@
 package kvsecrets
 
 import (
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
@@ -29,11 +30,13 @@ type Notice struct {
 	// Version is the new version's id; "" when unknown, in which case the
 	// secret is re-read whatever version it serves.
 	Version string
-	// Spread, when positive, delays the refresh by a random time up to
-	// Spread instead of Options.EventSpread: a fan-out that knows how many
-	// instances hear each notice can spread their reads to fit the vault's
-	// rate (see NotifyAll for the arithmetic).
-	Spread time.Duration
+	// Delay and Spread, when either is positive, put the refresh at Delay
+	// plus a random time up to Spread from now, instead of a random time
+	// up to Options.EventSpread: a fan-out that knows how many instances
+	// hear each notice can give each notice its own slice of time, so that
+	// the fleet's reads fit the vault's rate (see NotifyAll for the
+	// arithmetic).
+	Delay, Spread time.Duration
 }
 
 // Notify acts on a notice as EventGridHandler acts on a
@@ -77,11 +80,14 @@ func (p *Provider) Notify(n Notice) (bool, error) {
 	if target.isClosed() {
 		return false, nil
 	}
-	spread := target.cfg.eventSpread
-	if n.Spread > 0 {
-		spread = n.Spread
+	if n.Delay < 0 || n.Spread < 0 {
+		return false, errors.New("kvsecrets: Notify: a negative Delay or Spread")
 	}
-	return target.newVersion(n.Name, n.Version, "notice", true, target.cfg.eventWindow, spread), nil
+	delay := randUpTo(target.cfg.eventSpread)
+	if n.Delay > 0 || n.Spread > 0 {
+		delay = n.Delay + randUpTo(n.Spread)
+	}
+	return target.newVersion(n.Name, n.Version, "notice", true, target.cfg.eventWindow, delay), nil
 }
 
 // NotifyAll tells the Provider that any of its cached secrets may have a
@@ -100,21 +106,26 @@ func (p *Provider) NotifyAll(spread time.Duration) int {
 		if e.kind == kindPinned {
 			continue
 		}
-		var delay time.Duration
-		if spread > 0 {
-			delay = rand.N(spread)
-		}
-		if p.refreshAfter(e, p.cfg.eventWindow, delay) {
+		if p.refreshAfter(e, p.cfg.eventWindow, randUpTo(spread)) {
 			n++
 		}
 	}
 	return n
 }
 
+// randUpTo returns a random duration in [0, d), or 0.
+func randUpTo(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d)
+}
+
 // newVersion is the common path of events and notices about a new
-// version of a cached secret. With checkVersion, a version already served
-// is no news. The caller has checked name and version.
-func (p *Provider) newVersion(name, version, source string, checkVersion bool, window, spread time.Duration) bool {
+// version of a cached secret: a refresh after delay, coalesced within
+// window. With checkVersion, a version already served is no news. The
+// caller has checked name and version.
+func (p *Provider) newVersion(name, version, source string, checkVersion bool, window, delay time.Duration) bool {
 	e := p.idx.load(strings.ToLower(name))
 	if e == nil {
 		return false // not cached here
@@ -142,10 +153,6 @@ func (p *Provider) newVersion(name, version, source string, checkVersion bool, w
 	p.eventsActedOn.Add(1)
 	p.cfg.logger.Info("kvsecrets: refreshing secret on news of a new version",
 		slog.String("secret", name), slog.String("source", source), slog.String("version", version))
-	var delay time.Duration
-	if spread > 0 {
-		delay = rand.N(spread)
-	}
 	p.refreshAfter(target, window, delay)
 	return true
 }

@@ -101,15 +101,18 @@ func TestNotifyIsCoalescedAndSpread(t *testing.T) {
 		}
 		mustGet(t, p, "ApiKey", "key-2")
 
-		// A notice's own Spread replaces EventSpread.
+		// A notice's own Delay and Spread replace EventSpread.
 		v.set("ApiKey", "key-3")
 		before, start = v.count("ApiKey"), time.Now()
-		p.Notify(Notice{Name: "ApiKey", Spread: time.Second})
+		p.Notify(Notice{Name: "ApiKey", Delay: 2 * time.Second, Spread: time.Second})
 		for v.count("ApiKey") == before {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if took := time.Since(start); took > time.Second {
-			t.Errorf("the refresh came %v after a notice with Spread 1s", took)
+		if took := time.Since(start); took < 2*time.Second || took > 3*time.Second {
+			t.Errorf("the refresh came %v after a notice with Delay 2s and Spread 1s", took)
+		}
+		if _, err := p.Notify(Notice{Name: "ApiKey", Delay: -time.Second}); err == nil {
+			t.Error("a negative Delay was accepted")
 		}
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,14 +25,25 @@ import (
 	"github.com/kvsecrets/kvsecrets/kvtest"
 )
 
+// Push is how news of a new version reaches the fleet.
+type Push string
+
+// The ways news of a new version reaches the fleet.
+const (
+	NoPush        Push = ""                   // each instance's refresh schedule alone
+	Subscriptions Push = "per instance"       // an Event Grid subscription per instance (its own webhook URL)
+	Balancer      Push = "balancer"           // one subscription, to a URL behind a load balancer: each delivery reaches one instance
+	BalancerFan   Push = "balancer + fan-out" // as Balancer, and the instance that learns a version tells every other (FanOut)
+)
+
 // Config describes one simulation.
 type Config struct {
 	Instances int           // Providers in the fleet
 	Secrets   int           // secrets each reads
 	TTL       time.Duration // Options.TTL
 	Jitter    bool          // false sets Options.DisableJitter
-	EventGrid bool          // every instance subscribes its webhook to the vault's Event Grid events
-	Spread    time.Duration // EventGridOptions.Spread
+	Push      Push          // how news of a new version reaches the fleet
+	Spread    time.Duration // Options.EventSpread (with BalancerFan, the fan-out chooses its own)
 	Outage    time.Duration // a full vault outage (every request 503) after the rotation phase
 	Limit     int           // throttle: requests per 10 s (4,000 for Key Vault)
 }
@@ -39,6 +51,10 @@ type Config struct {
 // Result is what the simulation measured.
 type Result struct {
 	Config
+	OneConverge     time.Duration // one secret rotated: until every instance served its new version
+	OneRequests     int64         // requests reaching the vault in that time
+	OnePeakPer10s   int64         // most requests in any 10-second window of it
+	FanOutMessages  int64         // messages the fan-out published (BalancerFan)
 	ColdStart       time.Duration // until every instance had every secret
 	ColdErrors      int           // Preload failures seen by the instances during the cold start
 	Converge        time.Duration // from the rotation until every instance served every new version
@@ -94,15 +110,28 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 
 	var rotations atomic.Int64
 	var lastRotation atomic.Int64 // unix nanos of the last OnRotate
+	var oneRotations, oneLast atomic.Int64
+	var onePhase atomic.Bool
 	providers := make([]*kvsecrets.Provider, cfg.Instances)
+	handlers := make([]http.Handler, cfg.Instances)
+	// The fan-out spreads the fleet's refreshes to three quarters of the
+	// vault's rate: 300 reads a second for Key Vault's 4,000 per 10 s.
+	fan := &fanOut{providers: providers, published: map[string]bool{}, rate: 0.75 * float64(cfg.Limit) / 10}
 	for i := range providers {
 		p, err := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{
 			ClientOptions: vault.ClientOptions(),
 			TTL:           cfg.TTL,
 			DisableJitter: !cfg.Jitter,
-			OnRotate: func(kvsecrets.RotationEvent) {
+			EventSpread:   cfg.Spread,
+			OnRotate: func(ev kvsecrets.RotationEvent) {
+				now := time.Now().UnixNano()
+				if onePhase.Load() {
+					oneRotations.Add(1)
+					oneLast.Store(now)
+					return
+				}
 				rotations.Add(1)
-				lastRotation.Store(time.Now().UnixNano())
+				lastRotation.Store(now)
 			},
 		})
 		if err != nil {
@@ -110,14 +139,26 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 		}
 		defer p.Close()
 		providers[i] = p
-		if cfg.EventGrid {
-			// Each instance has its own Event Grid subscription to the
-			// vault (its own webhook URL), delivered about a second after
-			// each new version.
-			h := p.EventGridHandler(&kvsecrets.EventGridOptions{SharedSecret: "fleet-key", Spread: cfg.Spread})
+		handlers[i] = p.EventGridHandler(&kvsecrets.EventGridOptions{SharedSecret: "fleet-key"})
+		if cfg.Push == BalancerFan {
+			p.AddOnRotate(func(ev kvsecrets.RotationEvent) { fan.publish(i, ev) })
+		}
+	}
+	// Event Grid delivers about a second after each new version.
+	switch cfg.Push {
+	case Subscriptions:
+		for _, h := range handlers {
 			if _, err := vault.SubscribeHandler("/events?key=fleet-key", h, &kvtest.SubscriptionOptions{Delay: time.Second}); err != nil {
 				return res, err
 			}
+		}
+	case Balancer, BalancerFan:
+		var next atomic.Int64
+		lb := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			handlers[int(next.Add(1)-1)%len(handlers)].ServeHTTP(w, r) // round robin
+		})
+		if _, err := vault.SubscribeHandler("/events?key=fleet-key", lb, &kvtest.SubscriptionOptions{Delay: time.Second}); err != nil {
+			return res, err
 		}
 	}
 
@@ -182,8 +223,30 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	res.SteadyPerSecret = float64(steady) / float64(cfg.Instances*cfg.Secrets) / 6
 	fmt.Fprintf(log, "  steady state: %.2f reads per secret per TTL per instance\n", res.SteadyPerSecret)
 
-	// Phase 3: every secret is rotated; with EventGrid, the vault delivers
-	// SecretNewVersionCreated to each instance's subscription.
+	// Phase 3: one secret is rotated, and news of it reaches the fleet as
+	// cfg.Push says.
+	onePhase.Store(true)
+	oneAt := time.Now()
+	oneBefore := vault.Counts().Total
+	if _, err = vault.SetSecret(names[0], "v1b", nil); err != nil {
+		return res, err
+	}
+	for oneRotations.Load() < int64(cfg.Instances) && time.Since(oneAt) < 2*cfg.TTL {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if oneRotations.Load() < int64(cfg.Instances) {
+		res.OneConverge = -1
+	} else {
+		res.OneConverge = time.Unix(0, oneLast.Load()).Sub(oneAt)
+	}
+	res.OneRequests = vault.Counts().Total - oneBefore
+	oneFrom, oneTo := int(oneAt.Sub(start)/time.Second), int(time.Since(start)/time.Second)
+	fmt.Fprintf(log, "  one rotation: %d of %d instances converged in %v with %d requests\n",
+		oneRotations.Load(), cfg.Instances, res.OneConverge.Round(time.Millisecond), res.OneRequests)
+	time.Sleep(cfg.TTL) // every instance's schedule has passed the rotation
+	onePhase.Store(false)
+
+	// Phase 4: every secret is rotated at once.
 	rotatedAt := time.Now()
 	throttledBefore := vault.Counts().Throttled
 	for _, n := range names {
@@ -203,7 +266,7 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	res.RotateThrottled = vault.Counts().Throttled - throttledBefore
 	fmt.Fprintf(log, "  rotation: %d of %d instance-secrets converged in %v\n", rotations.Load(), want, res.Converge.Round(time.Second))
 
-	// Phase 4: the vault is down; callers must not notice.
+	// Phase 5: the vault is down; callers must not notice.
 	if cfg.Outage > 0 {
 		time.Sleep(cfg.TTL)
 		inOutage.Store(true)
@@ -221,40 +284,102 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	c := vault.Counts()
 	res.Requests, res.Throttled = c.Total, c.Throttled
 	res.CallerErrors, res.OutageErrors = int(callerErrors.Load()), int(outageErrors.Load())
-	var window int64
+	res.PeakPer10s = peak(perSecond)
+	res.OnePeakPer10s = peak(perSecond[min(oneFrom, len(perSecond)):min(oneTo+1, len(perSecond))])
+	res.FanOutMessages = fan.messages.Load()
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// peak returns the most requests in any 10 consecutive seconds.
+func peak(perSecond []int64) int64 {
+	var window, most int64
 	for i, n := range perSecond {
 		window += n
 		if i >= 10 {
 			window -= perSecond[i-10]
 		}
-		res.PeakPer10s = max(res.PeakPer10s, window)
+		most = max(most, window)
 	}
-	res.Elapsed = time.Since(start)
-	return res, nil
+	return most
+}
+
+// fanOut stands in for redisfanout in process: the first instance to see
+// a version publishes it once (as redisfanout's SET NX does), and every
+// other instance hears it a millisecond later and calls Notify. Each notice
+// gets its own slice of time, instances / rate long, after the slices of
+// the notices before it, so that the fleet's reads fit rate (reads a
+// second) however many versions arrive at once.
+type fanOut struct {
+	providers []*kvsecrets.Provider
+	rate      float64
+	messages  atomic.Int64
+
+	mu        sync.Mutex
+	published map[string]bool
+	busyUntil time.Time // the end of the last notice's slice of time
+}
+
+func (f *fanOut) publish(from int, ev kvsecrets.RotationEvent) {
+	now := time.Now()
+	f.mu.Lock()
+	key := ev.Name + "/" + ev.NewVersion
+	if f.published[key] {
+		f.mu.Unlock()
+		return
+	}
+	f.published[key] = true
+	// Each notice gets the next slice of time long enough for the fleet's
+	// reads at rate, after the slices of the notices before it.
+	start := now
+	if f.busyUntil.After(now) {
+		start = f.busyUntil
+	}
+	spread := time.Duration(float64(len(f.providers)) / f.rate * float64(time.Second))
+	f.busyUntil = start.Add(spread)
+	delay := start.Sub(now)
+	f.mu.Unlock()
+	f.messages.Add(1)
+	go func() {
+		time.Sleep(time.Millisecond) // Redis's PUBLISH to every subscriber
+		for i, q := range f.providers {
+			if i != from {
+				q.Notify(kvsecrets.Notice{Name: ev.Name, Version: ev.NewVersion, Delay: delay, Spread: spread})
+			}
+		}
+	}()
 }
 
 // Table formats results as a Markdown table.
 func Table(results []Result) string {
 	var b strings.Builder
-	b.WriteString("| instances × secrets | jitter | Event Grid (spread) | cold start | preload failures | 429s at cold start | peak requests / 10 s | steady reads / secret / TTL | rotation converged in | 429s in rotation | caller errors (in outage) |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| instances × secrets | jitter | push (spread) | cold start | preload failures | 429s at cold start | peak requests / 10 s | steady reads / secret / TTL | one secret rotated: converged in | requests meanwhile (peak / 10 s) | all rotated: converged in | 429s in rotation | caller errors (in outage) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		conv := r.Converge.Round(time.Second).String()
 		if r.Converge < 0 {
 			conv = "not within 2 TTL"
 		}
-		fmt.Fprintf(&b, "| %d × %d | %v | %v | %v | %d | %d | %d | %.2f | %s | %d | %d (%d) |\n",
-			r.Instances, r.Secrets, yes(r.Jitter), eg(r), r.ColdStart.Round(time.Second), r.ColdErrors,
-			r.ColdThrottled, r.PeakPer10s, r.SteadyPerSecret, conv, r.RotateThrottled, r.CallerErrors, r.OutageErrors)
+		one := r.OneConverge.Round(100 * time.Millisecond).String()
+		if r.OneConverge < 0 {
+			one = "not within 2 TTL"
+		}
+		fmt.Fprintf(&b, "| %d × %d | %v | %v | %v | %d | %d | %d | %.2f | %s | %d (%d) | %s | %d | %d (%d) |\n",
+			r.Instances, r.Secrets, yes(r.Jitter), push(r), r.ColdStart.Round(time.Second), r.ColdErrors,
+			r.ColdThrottled, r.PeakPer10s, r.SteadyPerSecret, one, r.OneRequests, r.OnePeakPer10s, conv,
+			r.RotateThrottled, r.CallerErrors, r.OutageErrors)
 	}
 	return b.String()
 }
 
-func eg(r Result) string {
-	if !r.EventGrid {
+func push(r Result) string {
+	switch {
+	case r.Push == NoPush:
 		return "no"
+	case r.Push == BalancerFan:
+		return string(r.Push) + " (to the rate)"
 	}
-	return fmt.Sprintf("yes (%v)", r.Spread)
+	return fmt.Sprintf("%s (%v)", r.Push, r.Spread)
 }
 
 func yes(b bool) string {

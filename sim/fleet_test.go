@@ -34,13 +34,14 @@ func TestFleet(t *testing.T) {
 	var results []Result
 	spread := time.Duration(*fleetN**fleetM*10/limit()) * time.Second // the throttle's capacity
 	for _, c := range []struct {
-		jitter, eventGrid bool
-		spread            time.Duration
-	}{{true, false, 0}, {false, false, 0}, {true, true, 0}, {true, true, spread}} {
-		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: c.jitter, EventGrid: c.eventGrid,
+		jitter bool
+		push   Push
+		spread time.Duration
+	}{{true, NoPush, 0}, {false, NoPush, 0}, {true, Subscriptions, spread}, {true, Balancer, spread}, {true, BalancerFan, 0}} {
+		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: c.jitter, Push: c.push,
 			Spread: c.spread, Outage: 10 * time.Minute, Limit: limit()}
 		synctest.Test(t, func(t *testing.T) {
-			t.Logf("fleet %d × %d, jitter %v, Event Grid %v", cfg.Instances, cfg.Secrets, cfg.Jitter, cfg.EventGrid)
+			t.Logf("fleet %d × %d, jitter %v, push %q", cfg.Instances, cfg.Secrets, cfg.Jitter, cfg.Push)
 			r, err := Run(cfg, testWriter{t})
 			if err != nil {
 				t.Fatal(err)
@@ -49,6 +50,13 @@ func TestFleet(t *testing.T) {
 			// What the library promises whatever the fleet does:
 			if r.OutageErrors != 0 {
 				t.Errorf("callers of cached secrets saw %d errors during the outage", r.OutageErrors)
+			}
+			// Issue 15's target: one delivery to one instance behind the
+			// load balancer reaches the whole fleet within 5 s, within the
+			// vault's limit.
+			if cfg.Push == BalancerFan && (r.OneConverge < 0 || r.OneConverge > 5*time.Second || r.OnePeakPer10s > int64(cfg.Limit)) {
+				t.Errorf("fan-out: one rotation converged in %v with a peak of %d requests per 10 s (limit %d); want ≤ 5 s within the limit",
+					r.OneConverge, r.OnePeakPer10s, cfg.Limit)
 			}
 			if r.Converge < 0 {
 				t.Errorf("the fleet did not converge on the rotated versions")
