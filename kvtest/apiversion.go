@@ -1,6 +1,10 @@
 package kvtest
 
-import "slices"
+import (
+	"net/url"
+	"slices"
+	"strings"
+)
 
 // LatestAPIVersion is the newest stable secrets api-version, the one
 // azsecrets v1.5.1 sends and the one a refusal recommends.
@@ -42,4 +46,17 @@ func checkAPIVersion(v string) *apiError {
 		return badParameter("The specified version (" + v + ") is not recognized. Consider using the latest supported version (" + LatestAPIVersion + ").")
 	}
 	return nil
+}
+
+// apiVersionOf returns the request's api-version as ASP.NET, which Key
+// Vault runs on, reads it: the query key in any case, and repeated values
+// joined with commas ("7.4,1.0"), which no version matches.
+func apiVersionOf(q url.Values) string {
+	var vals []string
+	for k, v := range q {
+		if strings.EqualFold(k, "api-version") {
+			vals = append(vals, v...)
+		}
+	}
+	return strings.Join(vals, ",")
 }

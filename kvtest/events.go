@@ -9,7 +9,6 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
@@ -82,6 +81,24 @@ func RetryDelay(n int) time.Duration {
 	return retrySchedule[min(max(n, 1), len(retrySchedule))-1]
 }
 
+// errExpired is the Err of a Delivery given up on because the event's
+// time to live passed before its attempt was due.
+var errExpired = errors.New("kvtest: the event's time to live passed before this attempt")
+
+// validSubscriptionName reports whether n is a valid Event Grid event
+// subscription name: 3-64 letters, digits and '-'.
+func validSubscriptionName(n string) bool {
+	if len(n) < 3 || len(n) > 64 {
+		return false
+	}
+	for _, c := range n {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // noRetry reports whether a webhook's answer ends delivery at once: Event
 // Grid does not retry 400, 401, 403 or 413 from a webhook (it dead-letters
 // or drops the event).
@@ -97,7 +114,7 @@ func noRetry(status int) bool {
 // *SubscriptionOptions means defaults.
 type SubscriptionOptions struct {
 	// Name is the subscription's name, sent in the aeg-subscription-name
-	// header. Default "kvtest-N".
+	// header: 3-64 letters, digits and '-'. Default "kvtest-N".
 	Name string
 	// Schema is the delivery schema. Default EventGridSchema.
 	Schema EventSchema
@@ -115,7 +132,8 @@ type SubscriptionOptions struct {
 	// delivery allows: 1 delivers every event twice. Default 0.
 	Duplicates float64
 	// Delay is how long after an event is published its first delivery is
-	// attempted (Event Grid's latency, usually under a second). Default 0.
+	// attempted (Event Grid's latency, usually under a second); shorter
+	// than EventTimeToLive. Default 0.
 	Delay time.Duration
 	// Client sends the deliveries of a subscription made with
 	// [Server.Subscribe]. Default: http.DefaultTransport, following no
@@ -181,6 +199,7 @@ type Subscription struct {
 	delay    time.Duration
 	notify   func(Delivery)
 	send     func(ctx context.Context, method string, h http.Header, body []byte) (int, http.Header, []byte, error)
+	calls    *sync.WaitGroup // SubscribeHandler's handler calls under way, or nil
 
 	mu       sync.Mutex
 	queue    []*pending // ordered by due
@@ -275,13 +294,17 @@ func (s *Server) SubscribeHandler(endpoint string, h http.Handler, o *Subscripti
 	if h == nil {
 		return nil, errors.New("kvtest: SubscribeHandler: nil handler")
 	}
+	if endpoint == "" {
+		return nil, errors.New("kvtest: SubscribeHandler: empty endpoint (want a path such as /events, or a URL)")
+	}
 	base, _ := url.Parse("https://subscriber.example/")
 	ref, err := url.Parse(endpoint)
-	if err != nil {
-		return nil, errors.New("kvtest: SubscribeHandler: endpoint is not a URL or a path")
+	if err != nil || (ref.Scheme != "" && ref.Scheme != "https" && ref.Scheme != "http") {
+		return nil, errors.New("kvtest: SubscribeHandler: endpoint is not a path or an http or https URL")
 	}
 	u := base.ResolveReference(ref)
-	send := func(ctx context.Context, method string, hdr http.Header, body []byte) (status int, _ http.Header, _ []byte, err error) {
+	calls := &sync.WaitGroup{}
+	send := func(ctx context.Context, method string, hdr http.Header, body []byte) (int, http.Header, []byte, error) {
 		req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
 		if err != nil {
 			return 0, nil, nil, err
@@ -289,25 +312,81 @@ func (s *Server) SubscribeHandler(endpoint string, h http.Handler, o *Subscripti
 		req.Header = hdr
 		req.RemoteAddr = "192.0.2.10:443" // documentation address: Event Grid's, not the test's
 		req.RequestURI = u.RequestURI()
-		rec := httptest.NewRecorder()
-		defer func() {
-			// A panicking handler is, to Event Grid, a connection that
-			// closed without an answer.
-			if p := recover(); p != nil {
-				status, err = 0, fmt.Errorf("kvtest: subscriber handler panicked: %v", p)
-			}
+		// The handler runs on a goroutine of its own, so that one that
+		// does not return is abandoned after DeliveryTimeout, as Event
+		// Grid abandons a connection; Close waits for it.
+		type answer struct {
+			rec *capRecorder
+			err error
+		}
+		done := make(chan answer, 1)
+		calls.Add(1)
+		go func() {
+			defer calls.Done()
+			rec := newCapRecorder()
+			defer func() {
+				// A panicking handler is, to Event Grid, a connection
+				// that closed without an answer.
+				if p := recover(); p != nil {
+					done <- answer{err: fmt.Errorf("kvtest: subscriber handler panicked: %v", p)}
+				}
+			}()
+			h.ServeHTTP(rec, req)
+			done <- answer{rec: rec}
 		}()
-		h.ServeHTTP(rec, req)
-		if ctx.Err() != nil {
-			// Event Grid stopped waiting: whatever the handler wrote
-			// after DeliveryTimeout reached no one.
+		select {
+		case a := <-done:
+			if a.err != nil {
+				return 0, nil, nil, a.err
+			}
+			if ctx.Err() != nil {
+				// Event Grid stopped waiting: whatever the handler
+				// wrote after DeliveryTimeout reached no one.
+				return 0, nil, nil, fmt.Errorf("kvtest: subscriber did not answer within %v", DeliveryTimeout)
+			}
+			return a.rec.code, a.rec.header, a.rec.body.Bytes(), nil
+		case <-ctx.Done():
 			return 0, nil, nil, fmt.Errorf("kvtest: subscriber did not answer within %v", DeliveryTimeout)
 		}
-		res := rec.Result()
-		return res.StatusCode, res.Header, rec.Body.Bytes(), nil
 	}
-	return s.subscribe(u, send, o)
+	sub, err := s.subscribe(u, send, o)
+	if sub != nil {
+		sub.calls = calls
+	}
+	return sub, err
 }
+
+// capRecorder is the response of an in-process subscriber: its status,
+// headers and the first 64 KiB of its body, which is all Event Grid reads
+// (of the handshake's answer) and all a test needs.
+type capRecorder struct {
+	code   int
+	header http.Header
+	body   bytes.Buffer
+	wrote  bool
+}
+
+const maxAnswerBytes = 64 << 10
+
+func newCapRecorder() *capRecorder { return &capRecorder{code: http.StatusOK, header: http.Header{}} }
+
+func (r *capRecorder) Header() http.Header { return r.header }
+
+func (r *capRecorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.code, r.wrote = code, true
+	}
+}
+
+func (r *capRecorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	if room := maxAnswerBytes - r.body.Len(); room > 0 {
+		r.body.Write(b[:min(len(b), room)])
+	}
+	return len(b), nil
+}
+
+func (r *capRecorder) Flush() {}
 
 func (s *Server) subscribe(u *url.URL, send func(context.Context, string, http.Header, []byte) (int, http.Header, []byte, error), o *SubscriptionOptions) (*Subscription, error) {
 	if o == nil {
@@ -337,8 +416,11 @@ func (s *Server) subscribe(u *url.URL, send func(context.Context, string, http.H
 	if !(sub.dup >= 0 && sub.dup <= 1) {
 		return nil, errors.New("kvtest: SubscriptionOptions.Duplicates must be between 0 and 1")
 	}
-	if sub.delay < 0 {
-		return nil, errors.New("kvtest: SubscriptionOptions.Delay must not be negative")
+	if sub.delay < 0 || sub.delay >= sub.ttl {
+		return nil, errors.New("kvtest: SubscriptionOptions.Delay must be at least 0 and shorter than EventTimeToLive")
+	}
+	if sub.name != "" && !validSubscriptionName(sub.name) {
+		return nil, errors.New("kvtest: SubscriptionOptions.Name must be 3-64 letters, digits and '-', as Event Grid allows")
 	}
 	sub.types = []string{SecretNewVersionCreated, SecretNearExpiry, SecretExpired}
 	if o.EventTypes != nil {
@@ -621,7 +703,15 @@ func (sub *Subscription) run() {
 		sub.inflight = true
 		sub.mu.Unlock()
 
-		d := sub.attempt(p)
+		var d Delivery
+		if time.Since(p.ev.at) > sub.ttl {
+			// Its time to live passed before this attempt: Event Grid
+			// drops it without trying.
+			d = Delivery{EventID: p.ev.id, EventType: p.ev.typ, Secret: p.ev.name, Version: p.ev.version,
+				Attempt: p.attempt, At: time.Now(), Duplicate: p.duplicate, Err: errExpired}
+		} else {
+			d = sub.attempt(p)
+		}
 
 		sub.mu.Lock()
 		d = sub.settleLocked(p, d)
@@ -659,9 +749,14 @@ func (sub *Subscription) attempt(p *pending) Delivery {
 // settleLocked decides what comes after an attempt: done, a retry, or
 // dead-lettering. The caller holds sub.mu.
 func (sub *Subscription) settleLocked(p *pending, d Delivery) Delivery {
-	sub.stats.Attempts++
 	now := time.Now()
+	if d.Err != errExpired {
+		sub.stats.Attempts++
+	}
 	switch {
+	case d.Err == errExpired:
+		d.Outcome = DeadLettered
+		sub.stats.DeadLettered++
 	case d.Err == nil && d.Status/100 == 2:
 		d.Outcome = Delivered
 		sub.stats.Delivered++
@@ -814,9 +909,11 @@ func (sub *Subscription) Wait(ctx context.Context) error {
 }
 
 // Close deletes the subscription: events not yet delivered are dropped,
-// and Close returns after an attempt under way has ended, so it must not be
-// called from the subscriber's handler or OnDelivery, which run within an
-// attempt (nor may Server.Close).
+// and Close returns after an attempt under way has ended and every call of
+// a SubscribeHandler handler has returned, including one abandoned after
+// DeliveryTimeout (Server.Close cancels the requests' context first). So
+// it must not be called from the subscriber's handler or OnDelivery, which
+// run within an attempt (nor may Server.Close).
 func (sub *Subscription) Close() {
 	s := sub.srv
 	s.mu.Lock()
@@ -838,6 +935,9 @@ func (sub *Subscription) Close() {
 		}
 	}
 	<-sub.done
+	if sub.calls != nil {
+		sub.calls.Wait() // a handler abandoned after DeliveryTimeout, too
+	}
 }
 
 // closeEvents stops every subscription and the expiry clock.

@@ -279,7 +279,7 @@ func page[T any](r *http.Request, base, path string, items []T) (pageJSON, *apiE
 	}
 	if skip+max < len(items) {
 		next := url.Values{}
-		next.Set("api-version", q.Get("api-version"))
+		next.Set("api-version", apiVersionOf(q))
 		next.Set("$skiptoken", base64.RawURLEncoding.EncodeToString([]byte(strconv.Itoa(skip+max))))
 		next.Set("maxresults", strconv.Itoa(max))
 		link := base + path + "?" + next.Encode()
@@ -554,7 +554,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Answers to authenticated requests name the role assignment that
 	// let them through; the challenge and injected faults do not.
 	w.Header().Set("x-ms-keyvault-rbac-assignment-id", s.assignmentID)
-	if err := checkAPIVersion(r.URL.Query().Get("api-version")); err != nil {
+	if err := checkAPIVersion(apiVersionOf(r.URL.Query())); err != nil {
 		writeError(rec, err)
 		return
 	}
