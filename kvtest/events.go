@@ -286,7 +286,10 @@ func (s *Server) Subscribe(endpoint string, o *SubscriptionOptions) (*Subscripti
 // SubscribeHandler creates an event subscription that delivers the vault's
 // events to h in process: each delivery is a request to h.ServeHTTP for
 // endpoint, which may be a path with a query string ("/events?key=SECRET")
-// or an absolute URL, as in Subscribe. Everything else is as in
+// or an absolute URL, as in Subscribe. Each call runs on a goroutine of
+// its own; one that has not answered within DeliveryTimeout is abandoned
+// (its request's context is done) and the attempt fails, as with Event
+// Grid. Only the first 64 KiB of an answer are read. Everything else is as in
 // Subscribe: the handshake first, the schema, retries, duplicates. With an
 // in-process Server (NewInProcess) under testing/synctest, a test sees a
 // rotation reach its service's handler in simulated time.

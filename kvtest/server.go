@@ -221,9 +221,11 @@ func newVault(opts *Options) (*Server, error) {
 // NewInProcess returns a Server with no socket: its ClientOptions and
 // HTTPClient hand each request straight to its handler, in the caller's
 // goroutine. Everything else — the challenge, tokens, JSON, faults,
-// latency, the throttle — is the same. Because it starts no goroutine and
-// waits only on timers, a Provider can use it inside a testing/synctest
-// bubble, where latency, retries and the throttle's windows run on the
+// latency, the throttle — is the same. Because it starts no goroutine
+// (until an event subscription is made: then one per subscription and one
+// for the expiry clock, ended by Close) and waits only on timers, a
+// Provider can use it inside a testing/synctest bubble, where latency,
+// retries, the throttle's windows and Event Grid's deliveries run on the
 // fake clock: fleet simulations of hours run in seconds. Addr and
 // LoopbackURL are empty; Options.Addr is ignored.
 func NewInProcess(opts *Options) (*Server, error) {
