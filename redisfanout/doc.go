@@ -1,0 +1,91 @@
+// Package redisfanout spreads news of Key Vault secrets' new versions
+// across a fleet of instances through Redis Pub/Sub, so that a rotation
+// that one instance learns of reaches all of them in seconds.
+//
+// # Why
+//
+// Event Grid delivers each event once, to one endpoint URL. With the
+// webhook (kvsecrets.Provider.EventGridHandler) behind a load balancer,
+// one instance hears of a rotation and refreshes at once while the others
+// keep the old version until their refresh schedule comes round (75–90% of
+// the TTL, an hour by default). A FanOut closes that gap:
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
+//	fan, err := redisfanout.New(secrets, rdb, &redisfanout.Options{Key: fanoutKey})
+//	if err != nil {
+//		return err
+//	}
+//	defer fan.Close() // before secrets.Close
+//	mux.Handle("/events", secrets.EventGridHandler(&kvsecrets.EventGridOptions{SharedSecret: egKey}))
+//
+// # What travels, and what does not
+//
+// Whenever the Provider sees a new version of a cached secret — from the
+// webhook, its own scheduled refresh, Rotate or Refresh, all of which call
+// its kvsecrets.Provider.AddOnRotate hooks — the FanOut publishes the
+// vault's host, the secret's name and the new version on Options.Channel
+// ("kvsecrets:versions"). Every other instance's FanOut passes them to
+// kvsecrets.Provider.Notify, which re-reads the secret from the vault if it
+// caches it at another version (coalesced within EventCoalesceWindow,
+// spread over EventSpread), and ignores secrets it does not cache, other
+// vaults and versions it already serves. Values never travel through
+// Redis: each instance reads them from Key Vault with its own identity, so
+// Redis and whoever can read it learn names and version ids only, and a
+// message can at most make an instance re-read what Key Vault would give it
+// anyway.
+//
+// # Authenticity and replays
+//
+// Each message carries an HMAC-SHA256 under Options.Key, a key of at least
+// 32 random bytes shared by the fleet, over the channel's name and the
+// message, checked in constant time before anything in the message is
+// parsed, and a timestamp that must be within Options.ReplayWindow (5
+// minutes) of the receiver's clock. A Redis user without the key can
+// therefore not make an instance act, and cannot replay a captured message
+// later than the window; within it, a replay names a version already
+// heard and is ignored. Even a valid message only causes a coalesced
+// re-read. Messages longer than MaxMessageSize, malformed, badly signed,
+// stale or naming an invalid secret are rejected, counted in
+// Status.Rejected and logged at Warn (at most once a second, with the
+// reason and never the message).
+//
+// # Once per version, fleet-wide
+//
+// An instance that refreshes because of the fan-out sees the new version
+// too, and its hook fires as the first instance's did: republishing would
+// make N instances publish N messages each heard by N, an N² storm.
+// Two guards prevent it. Each FanOut remembers the versions it heard on
+// the channel (for Options.PublishedTTL, up to 10,000) and does not publish
+// those. And publication is a claim: one Lua script sets a key
+// (Channel+":published:"+HMAC of host, name and version) with SET NX EX
+// PublishedTTL and publishes only if it set it, atomically, so that when
+// several instances see the version by themselves — their schedules, a
+// re-check after a gap — only the first publishes, and a claim is never
+// made without its message. The key's name is an HMAC so that it cannot be
+// set in advance by someone without the key. Status.Published counts this
+// instance's publications, Status.Suppressed the ones it left to others.
+//
+// # When Redis fails
+//
+// Publication never blocks the Provider's hook: the hook queues the
+// version (up to 64) for a goroutine of the FanOut, which publishes with
+// Options.PublishTimeout. When Redis is down, the version is dropped and
+// counted in Status.Dropped, with Status.LastError classified
+// (ErrUnreachable, ErrTimeout, ErrRefused, ErrQueueFull).
+//
+// The subscription is kept by the FanOut: a failed connection is closed
+// and made again after a pause from 100 ms doubling to
+// Options.MaxReconnectBackoff, and a connection silent for 30 s is pinged
+// and given up after 30 s more. When the subscription is made again after
+// a gap, notices may have been missed — including those other instances
+// dropped while Redis was down — so the FanOut calls
+// kvsecrets.Provider.NotifyAll(Options.RecheckSpread): every cached secret
+// is re-read once, spread so that the fleet stays within Key Vault's rate.
+//
+// # Status
+//
+// FanOut.Status reports whether the FanOut is subscribed and since when,
+// the last Redis error, and counters of reconnections, publications,
+// messages received, rejected and acted on, drops and re-checks;
+// FanOut.WaitConnected waits for the subscription, for a readiness check.
+package redisfanout

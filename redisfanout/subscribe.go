@@ -1,0 +1,166 @@
+package redisfanout
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/kvsecrets/kvsecrets"
+	"github.com/redis/go-redis/v9"
+)
+
+// errSilent: a connection answered neither messages nor a ping.
+var errSilent = errors.New("no answer to a ping")
+
+// subscribeLoop keeps the FanOut subscribed until Close: each attempt is a
+// PubSub of its own, closed when it fails, followed by a pause that starts
+// at 100 ms and doubles up to MaxReconnectBackoff. go-redis's PubSub would
+// reconnect by itself; managing the attempts here makes each one visible,
+// so that a subscription made after a gap is known to be one, and bounds
+// what Close waits for.
+func (f *FanOut) subscribeLoop() {
+	defer f.wg.Done()
+	backoff := minBackoff
+	gap := false // a connection was lost or an attempt failed since the last subscription
+	var timer *time.Timer
+	for {
+		ps := f.client.Subscribe(f.ctx) // no channel: no I/O yet
+		f.mu.Lock()
+		if f.closed.Load() {
+			f.mu.Unlock()
+			_ = ps.Close()
+			return
+		}
+		f.ps = ps
+		f.mu.Unlock()
+
+		subscribed := false
+		err := f.receive(ps, func() {
+			subscribed = true
+			backoff = minBackoff
+			f.onSubscribed(gap)
+			gap = false
+		})
+		f.mu.Lock()
+		f.ps = nil
+		f.mu.Unlock()
+		_ = ps.Close()
+		if f.ctx.Err() != nil {
+			return
+		}
+		gap = true
+		e := classify("subscribe", err)
+		if subscribed {
+			e.Op = "receive"
+			f.cfg.logger.Warn("redisfanout: lost the subscription; reconnecting", "channel", f.cfg.channel, "error", e.Error())
+		} else if f.Status().LastError == nil {
+			f.cfg.logger.Warn("redisfanout: cannot subscribe; retrying", "channel", f.cfg.channel, "error", e.Error())
+		}
+		f.setError(e)
+		f.setConnected(false)
+
+		// Pause, with jitter in [backoff/2, backoff], then double.
+		d := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, f.cfg.maxBackoff)
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		select {
+		case <-timer.C:
+		case <-f.ctx.Done():
+			timer.Stop()
+			return
+		}
+	}
+}
+
+// onSubscribed runs when Redis confirms the subscription. After a gap,
+// notices may have been missed: every cached secret is re-read once,
+// spread over RecheckSpread.
+func (f *FanOut) onSubscribed(gap bool) {
+	f.setConnected(true)
+	if !gap {
+		f.cfg.logger.Info("redisfanout: subscribed", "channel", f.cfg.channel)
+		return
+	}
+	f.reconnects.Add(1)
+	n := f.p.NotifyAll(f.cfg.recheckSpread)
+	f.count(&f.rechecks)
+	f.cfg.logger.Info("redisfanout: subscribed again after a gap; re-checking cached secrets",
+		"channel", f.cfg.channel, "secrets", n, "spread", f.cfg.recheckSpread)
+}
+
+// receive subscribes ps and handles its messages until the connection
+// fails or ps is closed. A connection silent for healthInterval is pinged;
+// one silent for another is given up.
+func (f *FanOut) receive(ps *redis.PubSub, subscribed func()) error {
+	if err := ps.Subscribe(f.ctx, f.cfg.channel); err != nil {
+		return err
+	}
+	pinged := false
+	for {
+		msg, err := ps.ReceiveTimeout(f.ctx, healthInterval)
+		if err != nil {
+			var nerr net.Error
+			if !errors.As(err, &nerr) || !nerr.Timeout() || pinged {
+				if pinged {
+					return errSilent
+				}
+				return err
+			}
+			if err := ps.Ping(f.ctx); err != nil {
+				return err
+			}
+			pinged = true
+			continue
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == f.cfg.channel {
+				subscribed()
+			}
+		case *redis.Message:
+			f.handle(m.Payload)
+		}
+	}
+}
+
+// handle acts on one message from the channel.
+func (f *FanOut) handle(payload string) {
+	f.received.Add(1)
+	now := time.Now()
+	n, err := decode(f.cfg.key, f.cfg.channel, payload, now, f.cfg.replayWindow)
+	if err == nil && f.heard.add(noticeID(n.Vault, n.Name, n.Version), now, f.cfg.publishedTTL) {
+		var ok bool
+		ok, err = f.p.Notify(kvsecrets.Notice{Vault: n.Vault, Name: n.Name, Version: n.Version})
+		if err != nil {
+			err = errNotice
+		} else if ok {
+			f.acted.Add(1)
+		}
+	}
+	if err != nil {
+		f.rejected.Add(1)
+		f.logReject(err, n, now)
+	}
+	f.bump()
+}
+
+// logReject logs a rejection at Warn, at most once per rejectLogPeriod so
+// that a flood of forgeries cannot flood the log. Only a signed message's
+// secret name is logged.
+func (f *FanOut) logReject(reason error, n notice, now time.Time) {
+	last := f.lastRejectLog.Load()
+	if now.UnixNano()-last < int64(rejectLogPeriod) || !f.lastRejectLog.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	args := []any{"channel", f.cfg.channel, "reason", reason.Error(), "rejected", f.rejected.Load()}
+	if reason == errStale || reason == errNotice {
+		args = append(args, "secret", n.Name)
+	}
+	f.cfg.logger.Warn("redisfanout: message rejected", args...)
+}
