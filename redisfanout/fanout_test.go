@@ -1,9 +1,12 @@
 package redisfanout
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -274,8 +277,10 @@ func TestRedisRestartMidRotation(t *testing.T) {
 		t.Errorf("Refresh took %v with Redis down", d)
 	}
 	ins[0].waitStatus(t, ctx, "the dropped publication", func(s Status) bool { return s.Dropped == 1 })
-	if s := ins[0].f.Status(); !errors.Is(s.LastError, ErrUnreachable) || s.Published != 0 {
-		t.Errorf("status after the drop: %+v; want LastError ErrUnreachable, nothing published", s)
+	// Refused connections, or the publish timeout if the client's own
+	// dial retries outlast it on a loaded machine.
+	if s := ins[0].f.Status(); !errors.Is(s.LastError, ErrUnreachable) && !errors.Is(s.LastError, ErrTimeout) || s.Published != 0 {
+		t.Errorf("status after the drop: %+v; want LastError ErrUnreachable or ErrTimeout, nothing published", s)
 	}
 	ins[1].get(t, "value-1") // not heard of: Redis is down
 	before := vault.SecretRequests("ApiKey")
@@ -301,7 +306,8 @@ func TestRedisRestartMidRotation(t *testing.T) {
 func TestForgedMessagesAreRejected(t *testing.T) {
 	srv := startRedis(t)
 	vault := newVault(t)
-	in := fleet(t, vault, srv.Addr(), 1, nil)[0]
+	var logs syncBuffer
+	in := fleet(t, vault, srv.Addr(), 1, &Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})[0]
 	ctx := deadline(t)
 	v2, err := vault.SetSecret("ApiKey", "value-2", nil) // news an accepted message would act on
 	if err != nil {
@@ -351,6 +357,15 @@ func TestForgedMessagesAreRejected(t *testing.T) {
 		t.Errorf("forged messages caused %d vault reads", n)
 	}
 	in.get(t, "value-1")
+	// Logged at Warn with the reason, at most once a second, never with
+	// the message.
+	out := logs.String()
+	if n := strings.Count(out, "redisfanout: message rejected"); n < 1 || n >= len(forged) {
+		t.Errorf("%d rejection logs for %d rejections:\n%s", n, len(forged), out)
+	}
+	if !strings.Contains(out, "level=WARN") || strings.Contains(out, v2) || strings.Contains(out, "garbage") || strings.Contains(out, "sk_live") {
+		t.Errorf("the log shows a message's contents:\n%s", out)
+	}
 
 	// The same notice, signed: acted on, so the ones above were refused
 	// for what they were and not for what they said.
@@ -558,4 +573,22 @@ func TestNewRefusesBadOptions(t *testing.T) {
 	if _, err := New(nil, client, &Options{Key: testKey}); err == nil {
 		t.Error("New with a nil Provider succeeded")
 	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger on other goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

@@ -151,16 +151,32 @@ func (f *FanOut) handle(payload string) {
 }
 
 // logReject logs a rejection at Warn, at most once per rejectLogPeriod so
-// that a flood of forgeries cannot flood the log. Only a signed message's
-// secret name is logged.
+// that a flood of forgeries cannot flood the log. Nothing of a message is
+// logged but the secret name of a signed, stale one, if it is a valid
+// name.
 func (f *FanOut) logReject(reason error, n notice, now time.Time) {
 	last := f.lastRejectLog.Load()
 	if now.UnixNano()-last < int64(rejectLogPeriod) || !f.lastRejectLog.CompareAndSwap(last, now.UnixNano()) {
 		return
 	}
 	args := []any{"channel", f.cfg.channel, "reason", reason.Error(), "rejected", f.rejected.Load()}
-	if reason == errStale || reason == errNotice {
+	if reason == errStale && isName(n.Name) {
 		args = append(args, "secret", n.Name)
 	}
 	f.cfg.logger.Warn("redisfanout: message rejected", args...)
+}
+
+// isName reports whether s is a Key Vault secret name: 1–127 letters,
+// digits and dashes.
+func isName(s string) bool {
+	if s == "" || len(s) > 127 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
 }
