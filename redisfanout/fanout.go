@@ -77,9 +77,11 @@ func New(p *kvsecrets.Provider, client redis.UniversalClient, opts *Options) (*F
 // Close stops the FanOut: it removes the rotation hook, ends the
 // subscription and drops rotations not yet published, and returns once
 // every goroutine it started has ended. It does not close the Redis client
-// or the Provider. A publication under way is waited for, at most
-// Options.PublishTimeout (or the client's ReadTimeout, see there). Calling
-// Close again does nothing.
+// or the Provider. With Redis down it returns at once; with Redis hung it
+// may wait for a command under way — a publication, at most
+// Options.PublishTimeout (see there), or a connection's handshake, at most
+// the client's DialTimeout and ReadTimeout. Calling Close again does
+// nothing.
 func (f *FanOut) Close() error {
 	f.closeOnce.Do(func() {
 		f.removeHook()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -591,4 +592,43 @@ func (w *syncBuffer) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
+}
+
+// A Redis that hangs (stopped, not dead: the connection stays open and
+// silent) is noticed by the unanswered ping and replaced, and the
+// subscription made when it answers again re-checks. Close returns while
+// it hangs.
+func TestHungRedisIsReplaced(t *testing.T) {
+	srv := startRedis(t)
+	vault := newVault(t)
+	in := fleet(t, vault, srv.Addr(), 1, &Options{
+		healthInterval: 200 * time.Millisecond, MaxReconnectBackoff: 200 * time.Millisecond, RecheckSpread: 50 * time.Millisecond,
+	})[0]
+	ctx := deadline(t)
+	signal := func(sig syscall.Signal) {
+		if err := srv.cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	signal(syscall.SIGSTOP)
+	in.waitStatus(t, ctx, "the hung connection given up", func(s Status) bool {
+		return !s.Connected && errors.Is(s.LastError, ErrTimeout)
+	})
+	signal(syscall.SIGCONT)
+	in.waitStatus(t, ctx, "the new subscription", func(s Status) bool {
+		return s.Connected && s.Reconnects == 1 && s.Rechecks == 1
+	})
+
+	signal(syscall.SIGSTOP)
+	defer signal(syscall.SIGCONT)
+	closed := make(chan struct{})
+	go func() {
+		in.f.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return within 10 s with Redis hung")
+	}
 }

@@ -28,7 +28,7 @@ const (
 const (
 	queueSize       = 64                     // rotations waiting to be published
 	minBackoff      = 100 * time.Millisecond // first pause after a failed subscription
-	healthInterval  = 30 * time.Second       // a silent connection is pinged after this, and replaced after twice this
+	healthInterval  = 30 * time.Second       // a silent connection is pinged after this, and replaced after as long again
 	maxChannelLen   = 256
 	rejectLogPeriod = time.Second // at most one Warn per period for rejected messages
 )
@@ -87,6 +87,8 @@ type Options struct {
 	// the reason, never a message's contents), and Info logs for
 	// reconnections. Default: discard.
 	Logger *slog.Logger
+
+	healthInterval time.Duration // tests shorten it; 0 means healthInterval
 }
 
 // config is Options validated, with defaults applied.
@@ -98,6 +100,7 @@ type config struct {
 	publishTimeout time.Duration
 	publishedTTL   time.Duration
 	maxBackoff     time.Duration
+	health         time.Duration
 	logger         *slog.Logger
 }
 
@@ -116,7 +119,11 @@ func (o *Options) config() (config, error) {
 		publishTimeout: o.PublishTimeout,
 		publishedTTL:   o.PublishedTTL,
 		maxBackoff:     o.MaxReconnectBackoff,
+		health:         o.healthInterval,
 		logger:         o.Logger,
+	}
+	if c.health <= 0 {
+		c.health = healthInterval
 	}
 	for _, d := range []struct {
 		name string

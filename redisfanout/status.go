@@ -81,7 +81,7 @@ func classify(op string, err error) *Error {
 	var rerr redis.Error
 	var nerr net.Error
 	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, errSilent), errors.As(err, &nerr) && nerr.Timeout():
 		e.Class = ErrTimeout
 	case errors.As(err, &rerr):
 		e.Class = ErrRefused

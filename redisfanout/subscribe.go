@@ -94,15 +94,16 @@ func (f *FanOut) onSubscribed(gap bool) {
 }
 
 // receive subscribes ps and handles its messages until the connection
-// fails or ps is closed. A connection silent for healthInterval is pinged;
-// one silent for another is given up.
+// fails or ps is closed. A connection silent for 30 s is pinged; one
+// silent for 30 s more is given up (a hung Redis, a network that drops
+// packets without a reset).
 func (f *FanOut) receive(ps *redis.PubSub, subscribed func()) error {
 	if err := ps.Subscribe(f.ctx, f.cfg.channel); err != nil {
 		return err
 	}
 	pinged := false
 	for {
-		msg, err := ps.ReceiveTimeout(f.ctx, healthInterval)
+		msg, err := ps.ReceiveTimeout(f.ctx, f.cfg.health)
 		if err != nil {
 			var nerr net.Error
 			if !errors.As(err, &nerr) || !nerr.Timeout() || pinged {
