@@ -44,9 +44,10 @@ var (
 	ErrRefused = errors.New("redisfanout: redis refused the command")
 	// ErrQueueFull: rotations came faster than they could be published.
 	ErrQueueFull = errors.New("redisfanout: publish queue full")
-	// ErrClosed: the FanOut is closed.
-	ErrClosed = errors.New("redisfanout: closed")
 )
+
+// ErrClosed is returned by WaitConnected after Close.
+var ErrClosed = errors.New("redisfanout: closed")
 
 // Error is a classified Redis failure. Its message names the operation,
 // the class and, for an answer from Redis, its error code (NOPERM, say),
@@ -59,6 +60,7 @@ type Error struct {
 	err   error
 }
 
+// Error returns "redisfanout: OP: CLASS", with Redis's error code if any.
 func (e *Error) Error() string {
 	s := "redisfanout: " + e.Op + ": " + strings.TrimPrefix(e.Class.Error(), "redisfanout: ")
 	if e.Code != "" {
