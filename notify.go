@@ -66,8 +66,9 @@ func (p *Provider) Notify(n Notice) (bool, error) {
 	if n.Vault != "" {
 		host := strings.ToLower(n.Vault)
 		if u, err := url.Parse(n.Vault); err == nil && u.Host != "" {
-			host = strings.ToLower(u.Hostname())
+			host = strings.ToLower(u.Host) // with a port, if it has one, as p.host has
 		}
+		host = strings.TrimSuffix(host, ":443")
 		if host != p.host {
 			p.mu.Lock()
 			target = p.others[host]

@@ -29,7 +29,7 @@ func TestNotifyRefreshesACachedSecret(t *testing.T) {
 				t.Errorf("Notify(%+v) = %v, %v; want %v", tc.n, got, err, tc.want)
 			}
 		}
-		if got, err := p.Notify(Notice{Vault: "https://FAKE.vault.azure.net/", Name: "apikey", Version: ver}); !got || err != nil {
+		if got, err := p.Notify(Notice{Vault: "https://FAKE.vault.azure.net:443/", Name: "apikey", Version: ver}); !got || err != nil {
 			t.Fatalf("Notify of a new version = %v, %v", got, err)
 		}
 		synctest.Wait()

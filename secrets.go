@@ -80,7 +80,7 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 	if opts != nil {
 		p.opts = *opts
 	}
-	p.host = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/"))
+	p.host = strings.TrimSuffix(strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/")), ":443")
 	p.hooks = &rotateHooks{}
 	p.idx.init()
 	p.ctx, p.cancel = context.WithCancelCause(context.Background())

@@ -33,6 +33,10 @@ type FanOut struct {
 
 	heard heardSet // versions heard on the channel, not to be published again
 
+	subscribers atomic.Int64 // instances on the channel (PUBSUB NUMSUB), for slices
+	sliceMu     sync.Mutex
+	busyUntil   time.Time // the end of the last notice's slice
+
 	mu        sync.Mutex
 	ps        *redis.PubSub // the subscription's connection now; nil between attempts
 	connected bool
@@ -67,9 +71,10 @@ func New(p *kvsecrets.Provider, client redis.UniversalClient, opts *Options) (*F
 	}
 	f.heard.init()
 	f.ctx, f.cancel = context.WithCancel(context.Background())
-	f.wg.Add(2)
+	f.wg.Add(3)
 	go f.subscribeLoop()
 	go f.publishLoop()
+	go f.countLoop()
 	f.removeHook = p.AddOnRotate(f.onRotate)
 	return f, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"syscall"
@@ -565,6 +566,8 @@ func TestNewRefusesBadOptions(t *testing.T) {
 		{&Options{Key: testKey, RecheckSpread: -1}, "Options.RecheckSpread must not be negative"},
 		{&Options{Key: testKey, PublishedTTL: time.Millisecond}, "PublishedTTL must be at least a second"},
 		{&Options{Key: testKey, Channel: strings.Repeat("c", 300)}, "Options.Channel is 300 bytes"},
+		{&Options{Key: testKey, ReadRate: -1}, "Options.ReadRate must be a positive number"},
+		{&Options{Key: testKey, ReadRate: math.NaN()}, "Options.ReadRate must be a positive number"},
 	} {
 		f, err := New(p, client, tc.opts)
 		if f != nil || err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "redisfanout: ") {

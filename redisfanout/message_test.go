@@ -98,3 +98,28 @@ func (e redisError) Error() string { return string(e) }
 func (redisError) RedisError()     {}
 
 var _ redis.Error = redisError("")
+
+// TestNoticesGetConsecutiveSlices checks the arithmetic that keeps a
+// fleet's refreshes within ReadRate: with 1,000 instances at 300 reads a
+// second, each notice gets 3.33 s, after the notices before it; a notice
+// after a quiet spell starts at once.
+func TestNoticesGetConsecutiveSlices(t *testing.T) {
+	f := &FanOut{cfg: config{readRate: 300}}
+	f.subscribers.Store(1000)
+	now := time.Unix(1_800_000_000, 0)
+	n, rate := 1000.0, 300.0
+	width := time.Duration(n / rate * float64(time.Second))
+	for i := range 20 {
+		delay, spread := f.slice(now)
+		if spread != width || delay != time.Duration(i)*width {
+			t.Fatalf("notice %d: delay %v spread %v, want %v and %v", i, delay, spread, time.Duration(i)*width, width)
+		}
+	}
+	if delay, _ := f.slice(now.Add(time.Hour)); delay != 0 {
+		t.Errorf("a notice after a quiet hour waits %v", delay)
+	}
+	f.subscribers.Store(0) // not counted yet: one instance
+	if _, spread := f.slice(now.Add(2 * time.Hour)); spread != time.Duration(float64(time.Second)/rate) {
+		t.Errorf("uncounted fleet: spread %v", spread)
+	}
+}

@@ -15,6 +15,10 @@ const (
 	DefaultPublishTimeout      = 2 * time.Second
 	DefaultPublishedTTL        = time.Hour
 	DefaultMaxReconnectBackoff = 5 * time.Second
+	// DefaultReadRate is three quarters of Key Vault's 4,000 reads per
+	// 10 s per vault, leaving the rest to cold starts, schedules and other
+	// applications of the vault.
+	DefaultReadRate = 300
 
 	// MinKeySize is the shortest Options.Key accepted: 32 bytes, the
 	// output size of SHA-256, as RFC 2104 advises for HMAC keys.
@@ -30,7 +34,8 @@ const (
 	minBackoff      = 100 * time.Millisecond // first pause after a failed subscription
 	healthInterval  = 30 * time.Second       // a silent connection is pinged after this, and replaced after as long again
 	maxChannelLen   = 256
-	rejectLogPeriod = time.Second // at most one Warn per period for rejected messages
+	rejectLogPeriod = time.Second      // at most one Warn per period for rejected messages
+	countInterval   = 15 * time.Second // how often the channel's subscribers are counted
 )
 
 // Options configures a FanOut. Key is required; every other zero field
@@ -82,6 +87,16 @@ type Options struct {
 	// jitter. Default 5 seconds.
 	MaxReconnectBackoff time.Duration
 
+	// ReadRate is the vault reads per second the fleet's refreshes after
+	// notices may take: each notice heard gets its own slice of time,
+	// instances / ReadRate long, after the slices of the notices before it,
+	// and every instance refreshes at a random moment of that slice. The
+	// instances are counted with PUBSUB NUMSUB. So one rotation reaches
+	// 1,000 instances within about 3.3 s at the default, and 20 rotations
+	// at once queue into 67 s instead of 20,000 reads in the same second.
+	// Default DefaultReadRate (300).
+	ReadRate float64
+
 	// Logger receives Warn logs for lost connections, dropped
 	// publications and rejected messages (at most one a second, naming
 	// the reason, never a message's contents), and Info logs for
@@ -101,6 +116,7 @@ type config struct {
 	publishedTTL   time.Duration
 	maxBackoff     time.Duration
 	health         time.Duration
+	readRate       float64
 	logger         *slog.Logger
 }
 
@@ -120,7 +136,14 @@ func (o *Options) config() (config, error) {
 		publishedTTL:   o.PublishedTTL,
 		maxBackoff:     o.MaxReconnectBackoff,
 		health:         o.healthInterval,
+		readRate:       o.ReadRate,
 		logger:         o.Logger,
+	}
+	switch {
+	case c.readRate == 0:
+		c.readRate = DefaultReadRate
+	case !(c.readRate > 0 && c.readRate <= 1e6): // NaN too
+		return config{}, fmt.Errorf("redisfanout: Options.ReadRate must be a positive number of reads a second, got %v", o.ReadRate)
 	}
 	if c.health <= 0 {
 		c.health = healthInterval

@@ -1,6 +1,7 @@
 package redisfanout
 
 import (
+	"context"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -137,7 +138,8 @@ func (f *FanOut) handle(payload string) {
 	n, err := decode(f.cfg.key, f.cfg.channel, payload, now, f.cfg.replayWindow)
 	if err == nil && f.heard.add(noticeID(n.Vault, n.Name, n.Version), now, f.cfg.publishedTTL) {
 		var ok bool
-		ok, err = f.p.Notify(kvsecrets.Notice{Vault: n.Vault, Name: n.Name, Version: n.Version})
+		delay, spread := f.slice(now)
+		ok, err = f.p.Notify(kvsecrets.Notice{Vault: n.Vault, Name: n.Name, Version: n.Version, Delay: delay, Spread: spread})
 		if err != nil {
 			err = errNotice
 		} else if ok {
@@ -180,4 +182,43 @@ func isName(s string) bool {
 		}
 	}
 	return true
+}
+
+// slice returns the slice of time this notice's refresh falls in: after
+// the slices of the notices heard before it, instances / ReadRate long.
+// Every instance hears the same notices in the same order, so they agree
+// on the slices without talking to each other.
+func (f *FanOut) slice(now time.Time) (delay, spread time.Duration) {
+	n := max(f.subscribers.Load(), 1)
+	spread = time.Duration(float64(n) / f.cfg.readRate * float64(time.Second))
+	f.sliceMu.Lock()
+	defer f.sliceMu.Unlock()
+	start := now
+	if f.busyUntil.After(now) {
+		start = f.busyUntil
+	}
+	f.busyUntil = start.Add(spread)
+	return start.Sub(now), spread
+}
+
+// countLoop keeps subscribers current: the channel's subscriber count, from
+// PUBSUB NUMSUB, every countInterval until Close.
+func (f *FanOut) countLoop() {
+	defer f.wg.Done()
+	t := time.NewTicker(countInterval)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(f.ctx, f.cfg.publishTimeout)
+		if m, err := f.client.PubSubNumSub(ctx, f.cfg.channel).Result(); err == nil {
+			if n := m[f.cfg.channel]; n > 0 {
+				f.subscribers.Store(n)
+			}
+		}
+		cancel()
+		select {
+		case <-t.C:
+		case <-f.ctx.Done():
+			return
+		}
+	}
 }
