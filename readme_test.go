@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"go/doc/comment"
@@ -32,6 +33,8 @@ import (
 
 	"github.com/kvsecrets/kvsecrets"
 	"github.com/kvsecrets/kvsecrets/kvtest"
+	"github.com/kvsecrets/kvsecrets/redisfanout"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestDocCodeIsCompiled checks that every ```go block of README.md, and
@@ -316,6 +319,26 @@ func readmeEventGrid(secrets *kvsecrets.Provider) http.Handler {
 	return mux
 }
 
+// README, "A fleet behind a load balancer".
+func readmeFanOut(ctx context.Context, secrets *kvsecrets.Provider) (*redisfanout.FanOut, error) {
+	key, err := secrets.Get(ctx, "FanoutHmacKey") // 32 random bytes or more, base64
+	if err != nil {
+		return nil, err
+	}
+	hmacKey, err := base64.StdEncoding.DecodeString(key)
+	if err != nil {
+		return nil, err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv("REDIS_ADDR")})
+	fan, err := redisfanout.New(secrets, rdb, &redisfanout.Options{Key: hmacKey})
+	if err != nil {
+		return nil, err
+	}
+	// At shutdown: fan.Close(), then rdb.Close() and secrets.Close().
+	return fan, nil
+}
+
+var _ = readmeFanOut
 var _ = readmeEventGrid
 var _ = readmeLoad
 var _ = docPackage
