@@ -2,6 +2,7 @@ package kvsecrets
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
@@ -50,8 +51,11 @@ type Notice struct {
 // a version already served, or a closed Provider.
 //
 // An invalid Name or Version is refused with ErrInvalidName or
-// ErrInvalidVersion and changes nothing: a notice comes from outside, and a
-// forged one can cause at most a coalesced re-read.
+// ErrInvalidVersion, a Vault that is neither a host nor an https URL of a
+// host alone, or a Delay or Spread outside 0 to 24 hours, with an error
+// naming the field; none changes anything. A notice comes from outside,
+// and a forged one can cause at most a coalesced re-read, which never
+// postpones the secret's own scheduled refresh.
 func (p *Provider) Notify(n Notice) (bool, error) {
 	if err := checkName(n.Name); err != nil {
 		return false, err
@@ -61,34 +65,61 @@ func (p *Provider) Notify(n Notice) (bool, error) {
 			return false, err
 		}
 	}
-	p.notices.Add(1)
+	if n.Delay < 0 || n.Spread < 0 || n.Delay > maxNoticeDelay || n.Spread > maxNoticeDelay {
+		return false, fmt.Errorf("kvsecrets: Notify: Notice.Delay and Spread must be between 0 and %v", maxNoticeDelay)
+	}
 	target := p
 	if n.Vault != "" {
-		host := strings.ToLower(n.Vault)
-		if u, err := url.Parse(n.Vault); err == nil && u.Host != "" {
-			host = strings.ToLower(u.Host) // with a port, if it has one, as p.host has
+		host, ok := noticeHost(n.Vault)
+		if !ok {
+			return false, errors.New("kvsecrets: Notify: Notice.Vault is neither a host name nor an https URL of a host alone (no user, path, query or fragment)")
 		}
-		host = strings.TrimSuffix(host, ":443")
 		if host != p.host {
 			p.mu.Lock()
 			target = p.others[host]
 			p.mu.Unlock()
-			if target == nil {
-				return false, nil
-			}
 		}
 	}
-	if target.isClosed() {
+	p.notices.Add(1)
+	if target == nil || target.isClosed() {
 		return false, nil
-	}
-	if n.Delay < 0 || n.Spread < 0 {
-		return false, errors.New("kvsecrets: Notify: a negative Delay or Spread")
 	}
 	delay := randUpTo(target.cfg.eventSpread)
 	if n.Delay > 0 || n.Spread > 0 {
 		delay = n.Delay + randUpTo(n.Spread)
 	}
 	return target.newVersion(n.Name, n.Version, "notice", true, target.cfg.eventWindow, delay), nil
+}
+
+// maxNoticeDelay bounds Notice.Delay and Notice.Spread: a notice is news
+// for now, not for next year.
+const maxNoticeDelay = 24 * time.Hour
+
+// noticeHost returns the lower-case host[:port] (without :443) that a
+// Notice.Vault names: a bare host, or an https URL of a host alone.
+func noticeHost(v string) (string, bool) {
+	if len(v) > 300 {
+		return "", false
+	}
+	host := v
+	if strings.Contains(v, "://") {
+		u, err := url.Parse(v)
+		if err != nil || !strings.EqualFold(u.Scheme, "https") || u.Host == "" || u.User != nil ||
+			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+			return "", false
+		}
+		host = u.Host
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '.' || c == '-' || c == ':') {
+			return "", false
+		}
+	}
+	if host == "" {
+		return "", false
+	}
+	return strings.TrimSuffix(strings.ToLower(host), ":443"), true
 }
 
 // NotifyAll tells the Provider that any of its cached secrets may have a
@@ -179,15 +210,25 @@ func (p *Provider) refreshAfter(e *entry, window, delay time.Duration) bool {
 		x.eventAt = now.Add(delay)
 		at := x.eventAt
 		e.mu.Unlock()
-		p.scheduleAt(e, at)
+		p.scheduleBy(e, at)
 	case now.Before(x.eventAt):
-		e.mu.Unlock() // a refresh is planned for the window's end: fold into it
-		return false
+		// A refresh is planned: fold into it. One planned more than a
+		// window ahead (a notice with a long Delay) is brought forward to
+		// when this one would come, but not nearer than a window, so that
+		// a burst of notices still makes one refresh per window.
+		at := now.Add(max(delay, window))
+		if x.eventAt.Sub(now) <= window || !at.Before(x.eventAt) {
+			e.mu.Unlock()
+			return false
+		}
+		x.eventAt = at
+		e.mu.Unlock()
+		p.scheduleBy(e, at)
 	default:
 		x.eventAt = x.eventAt.Add(window)
 		at := x.eventAt
 		e.mu.Unlock()
-		p.scheduleAt(e, at)
+		p.scheduleBy(e, at)
 	}
 	return true
 }

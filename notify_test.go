@@ -175,3 +175,66 @@ func TestAddOnRotate(t *testing.T) {
 		}
 	})
 }
+
+func TestNotifyRefusesBadVaultsAndDelays(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("ApiKey", "key-1")
+		p := v.newProvider(t, nil)
+		mustGet(t, p, "ApiKey", "key-1")
+		before := v.count("ApiKey")
+		for _, n := range []Notice{
+			{Vault: "https://user@fake.vault.azure.net/", Name: "ApiKey"},
+			{Vault: "https://fake.vault.azure.net/secrets/x", Name: "ApiKey"},
+			{Vault: "https://fake.vault.azure.net/?q=1", Name: "ApiKey"},
+			{Vault: "http://fake.vault.azure.net/", Name: "ApiKey"},
+			{Vault: "fake.vault.azure.net\n", Name: "ApiKey"},
+			{Vault: "javascript:alert(1)", Name: "ApiKey"},
+			{Vault: strings.Repeat("a", 1<<20), Name: "ApiKey"},
+			{Name: "ApiKey", Delay: 25 * time.Hour},
+			{Name: "ApiKey", Spread: 1 << 62},
+			{Name: "ApiKey", Delay: -1},
+		} {
+			if ok, err := p.Notify(n); ok || err == nil || strings.Contains(err.Error(), "alert") {
+				t.Errorf("Notify(vault %.40q, delay %v, spread %v) = %v, %v; want an error", n.Vault, n.Delay, n.Spread, ok, err)
+			}
+		}
+		synctest.Wait()
+		if v.count("ApiKey") != before || p.Stats().Notices != 0 {
+			t.Errorf("refused notices reached the vault (%d reads) or the counters (%d)", v.count("ApiKey")-before, p.Stats().Notices)
+		}
+	})
+}
+
+// A notice with a long Delay neither postpones the secret's own refresh
+// nor swallows a later notice that would come sooner.
+func TestNotifyLongDelayPostponesNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("ApiKey", "key-1")
+		p := v.newProvider(t, &Options{TTL: time.Hour, DisableJitter: true})
+		mustGet(t, p, "ApiKey", "key-1")
+		if ok, err := p.Notify(Notice{Name: "ApiKey", Delay: 20 * time.Hour}); !ok || err != nil {
+			t.Fatalf("Notify = %v, %v", ok, err)
+		}
+		time.Sleep(10 * time.Second)
+		v.set("ApiKey", "key-2")
+		start := time.Now()
+		p.Notify(Notice{Name: "ApiKey"}) // a genuine notice, after the window
+		for v.count("ApiKey") == 1 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("the genuine notice's refresh came %v later, behind the 20-hour one", took)
+		}
+		mustGet(t, p, "ApiKey", "key-2")
+
+		// And the hourly schedule goes on regardless.
+		p.Notify(Notice{Name: "ApiKey", Delay: 20 * time.Hour})
+		n := v.count("ApiKey")
+		time.Sleep(2 * time.Hour)
+		if got := v.count("ApiKey") - n; got < 2 {
+			t.Errorf("%d refreshes in two hours with TTL 1h after a 20-hour notice; want the schedule kept", got)
+		}
+	})
+}

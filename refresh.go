@@ -736,7 +736,19 @@ func (h *schedHeap) Pop() any {
 func (s *scheduler) init() { s.wake = make(chan struct{}, 1) }
 
 // scheduleAt sets e's next due time, replacing the one it had.
+// scheduleBy schedules e no later than at: unlike scheduleAt it never
+// postpones what is already planned, so that news of a version (a
+// refresh at a chosen moment) cannot delay the entry's own refresh,
+// retry or deadline.
+func (p *Provider) scheduleBy(e *entry, at time.Time) {
+	p.schedule(e, at, true)
+}
+
 func (p *Provider) scheduleAt(e *entry, at time.Time) {
+	p.schedule(e, at, false)
+}
+
+func (p *Provider) schedule(e *entry, at time.Time, noLater bool) {
 	s := &p.sched
 	s.mu.Lock()
 	if e.dead() {
@@ -745,6 +757,10 @@ func (p *Provider) scheduleAt(e *entry, at time.Time) {
 	}
 	t := at.UnixNano()
 	if i := e.heapIdx; i >= 0 {
+		if noLater && s.h[i].at <= t {
+			s.mu.Unlock()
+			return
+		}
 		s.h[i].at = t
 		heap.Fix(&s.h, int(i))
 	} else {
