@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 )
 
 // state is an immutable snapshot of what an entry answers. Writers build a
@@ -496,34 +495,4 @@ func (x *index) getLocked(key string) *entry {
 		return x.dirty[key]
 	}
 	return (*x.read.Load())[key]
-}
-
-// counter is a striped counter: increments from many cores land on
-// different cache lines, so counting hits does not serialise the cached
-// read path. The leading pad keeps the first stripe off the cache line of
-// the fields before it, which the read path loads.
-type counter struct {
-	_       [64]byte
-	stripes [16]struct {
-		n atomic.Uint64
-		_ [56]byte
-	}
-}
-
-func (c *counter) inc() {
-	// The address of a local variable tells goroutines apart at no cost:
-	// each has its own stack, and goroutines running at the same moment run
-	// on different stacks. Fibonacci hashing spreads the addresses over the
-	// stripes.
-	var x byte
-	h := uint64(uintptr(unsafe.Pointer(&x))>>10) * 0x9E3779B97F4A7C15
-	c.stripes[h>>60].n.Add(1)
-}
-
-func (c *counter) load() uint64 {
-	var n uint64
-	for i := range c.stripes {
-		n += c.stripes[i].n.Load()
-	}
-	return n
 }

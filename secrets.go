@@ -82,6 +82,7 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 	}
 	p.host = strings.TrimSuffix(strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/")), ":443")
 	p.hooks = &rotateHooks{}
+	p.hits.init()
 	p.idx.init()
 	p.ctx, p.cancel = context.WithCancelCause(context.Background())
 	p.sched.init()
