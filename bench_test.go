@@ -247,3 +247,37 @@ func BenchmarkMemoryPer10kSecrets(b *testing.B) {
 		}
 	})
 }
+
+// A cached Handle.Get against the bare sync.Map lookup, in the same run:
+// go test -run '^$' -bench 'HandleGet|SyncMapLoad' -benchmem -count 5 .
+func BenchmarkHandleGet(b *testing.B) {
+	p := benchProvider(b)
+	h, err := p.Handle("MyApiKey")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := h.Get(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkHandleGetParallel(b *testing.B) {
+	p := benchProvider(b)
+	h, err := p.Handle("MyApiKey")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := h.Get(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
