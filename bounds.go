@@ -52,10 +52,10 @@ func (p *Provider) touch(e *entry) {
 // idleLocked reports whether nobody has read e for IdleTimeout, and notes
 // this check. A read since the previous check counts as a read now, so an
 // entry is never thought idle early; it may be thought idle up to one
-// check late. e.mu is held.
+// check late. A watched entry (Watch, LoadLive) counts as read. e.mu is held.
 func (p *Provider) idleLocked(e *entry, now time.Time) bool {
 	ep := p.tick(now)
-	if e.seen.Load() >= e.checked {
+	if e.seen.Load() >= e.checked || e.watchedLocked() {
 		e.usedAt = ep
 	}
 	e.checked = ep
@@ -141,6 +141,7 @@ func (p *Provider) removeLocked(e *entry) {
 		return
 	}
 	e.state.Store(deadState)
+	e.wakeLocked()
 	e.mu.Unlock()
 	p.unschedule(e)
 	p.entries.Add(-1)

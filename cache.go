@@ -264,6 +264,8 @@ type extra struct {
 	aliases  []string                 // other spellings of the name in the index; guarded by index.mu
 	history  []string                 // versions seen as the latest, oldest first (at most maxHistory)
 	ev       *events                  // made on first use
+	wakers   []chan struct{}          // signalled on every change of state (see watch.go)
+	health   *healthNote              // failures since the last success of a loaded secret (see health.go)
 }
 
 // events is what an entry keeps about rotations, expiry warnings and
@@ -350,6 +352,7 @@ func (e *entry) dead() bool { return e.state.Load() == deadState }
 func (e *entry) setState(st *state) {
 	if e.state.Load() != deadState {
 		e.state.Store(st)
+		e.wakeLocked()
 	}
 }
 
