@@ -54,6 +54,14 @@ func (p *Provider) Load(ctx context.Context, dst any) error {
 	if err != nil {
 		return err
 	}
+	_, err = p.fill(ctx, dst, fields)
+	return err
+}
+
+// fill reads the secrets of fields (loadPlan's for dst) and, if every read
+// and decode succeeds, sets the fields in dst. It returns the secrets read,
+// by reference.
+func (p *Provider) fill(ctx context.Context, dst any, fields []loadField) (map[ref]Secret, error) {
 	// Read each distinct reference once, in parallel.
 	var refs []ref
 	index := map[ref]int{}
@@ -94,13 +102,19 @@ func (p *Provider) Load(ctx context.Context, dst any) error {
 		assigns = append(assigns, assignment{f, val})
 	}
 	if len(errs) > 0 {
-		return errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	}
 	root := reflect.ValueOf(dst).Elem()
 	for _, a := range assigns {
 		a.f.target(root).Set(a.val)
 	}
-	return nil
+	read := make(map[ref]Secret, len(refs))
+	for i, r := range refs {
+		if readErrs[i] == nil {
+			read[r] = secs[i]
+		}
+	}
+	return read, nil
 }
 
 // loadKind is how a field is filled.
