@@ -264,8 +264,24 @@ type extra struct {
 	aliases  []string                 // other spellings of the name in the index; guarded by index.mu
 	history  []string                 // versions seen as the latest, oldest first (at most maxHistory)
 	ev       *events                  // made on first use
-	wakers   []chan struct{}          // signalled on every change of state (see watch.go)
-	health   *healthNote              // failures since the last success of a loaded secret (see health.go)
+	live     *liveExtra               // made on first use by Watch, LoadLive or a failure
+}
+
+// liveExtra is what Watch, LoadLive and Status need of an entry; guarded
+// by the entry's mu. It hangs off extra by one pointer, so that the entries
+// that need none of it (pinned versions) stay small.
+type liveExtra struct {
+	wakers []chan struct{} // signalled on every change of state (see watch.go)
+	health *healthNote     // failures since the last success of a loaded secret (see health.go)
+}
+
+// liveLocked returns e's liveExtra, making it. e.mu is held.
+func (e *entry) liveLocked() *liveExtra {
+	x := e.ext()
+	if x.live == nil {
+		x.live = &liveExtra{}
+	}
+	return x.live
 }
 
 // events is what an entry keeps about rotations, expiry warnings and

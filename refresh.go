@@ -336,6 +336,7 @@ func (p *Provider) apply(e *entry, seq uint32, got fetched, fetchErr error, rota
 	default:
 		next, after = p.applyTransient(e, seq, prev, fail, now)
 	}
+	e.noteHealthLocked(prev, serr, now)
 	e.setState(next)
 	return next, serr, after
 }

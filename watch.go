@@ -151,8 +151,8 @@ func (e *entry) follow(wake chan struct{}) bool {
 	if e.state.Load() == deadState {
 		return false
 	}
-	x := e.ext()
-	x.wakers = append(x.wakers, wake)
+	lx := e.liveLocked()
+	lx.wakers = append(lx.wakers, wake)
 	return true
 }
 
@@ -160,10 +160,11 @@ func (e *entry) follow(wake chan struct{}) bool {
 func (e *entry) unfollow(wake chan struct{}) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if x := e.x.Load(); x != nil {
-		x.wakers = slices.DeleteFunc(x.wakers, func(c chan struct{}) bool { return c == wake })
-		if len(x.wakers) == 0 {
-			x.wakers = nil
+	if x := e.x.Load(); x != nil && x.live != nil {
+		lx := x.live
+		lx.wakers = slices.DeleteFunc(lx.wakers, func(c chan struct{}) bool { return c == wake })
+		if len(lx.wakers) == 0 {
+			lx.wakers = nil
 		}
 	}
 }
@@ -173,10 +174,10 @@ func (e *entry) unfollow(wake chan struct{}) {
 // e.mu is held.
 func (e *entry) wakeLocked() {
 	x := e.x.Load()
-	if x == nil {
+	if x == nil || x.live == nil {
 		return
 	}
-	for _, w := range x.wakers {
+	for _, w := range x.live.wakers {
 		select {
 		case w <- struct{}{}:
 		default:
@@ -187,5 +188,5 @@ func (e *entry) wakeLocked() {
 // watchedLocked reports whether anything follows e. e.mu is held.
 func (e *entry) watchedLocked() bool {
 	x := e.x.Load()
-	return x != nil && len(x.wakers) > 0
+	return x != nil && x.live != nil && len(x.live.wakers) > 0
 }
