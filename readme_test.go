@@ -495,3 +495,115 @@ func TestKvtestPackageDoc(t *testing.T) {
 		t.Fatalf("Get: %d characters, %v", len(v), err)
 	}
 }
+
+// README, "Live secrets".
+type Config struct {
+	StripeKey string      `keyvault:"StripeKey"`
+	Cache     CacheConfig // untagged structs are walked
+}
+
+func charge(ctx context.Context, key string, cache CacheConfig) { _, _, _ = ctx, key, cache }
+
+func serveLive(ctx context.Context, secrets *kvsecrets.Provider) error {
+	// A handle per secret, made once: each Get is an atomic load and a check.
+	stripeKey, err := secrets.Handle("StripeKey")
+	if err != nil {
+		return err // an invalid name; no request is made
+	}
+
+	// A configuration that follows rotations: rebuilt and swapped when any
+	// secret in it gets a new version; a rebuild that fails keeps the last.
+	live, err := kvsecrets.LoadLive[Config](ctx, secrets, &kvsecrets.LiveOptions[Config]{
+		OnError: func(err error) { log.Printf("config not rebuilt: %v", err) }, // names, never values
+	})
+	if err != nil {
+		return err
+	}
+	defer live.Close()
+
+	// Each new version of one secret, as it is served.
+	go func() {
+		for s, err := range secrets.Watch(ctx, "SigningKey") {
+			if err != nil {
+				log.Printf("SigningKey not served: %v", err) // revoked, or past MaxStale
+				continue
+			}
+			log.Printf("SigningKey is now version %s", s.Version)
+		}
+	}()
+
+	mux := http.NewServeMux()
+	mux.Handle("/ready", secrets.HealthHandler("StripeKey", "SigningKey")) // 200 or 503, JSON states
+	mux.HandleFunc("/charge", func(w http.ResponseWriter, r *http.Request) {
+		key, err := stripeKey.Get(r.Context())
+		if err != nil {
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		charge(r.Context(), key, live.Current().Cache) // this request's snapshot
+	})
+	return http.ListenAndServe(":8080", mux)
+}
+
+var _ = serveLive
+
+type stripeClient struct{ key string }
+
+func (c *stripeClient) SetKey(key string) { c.key = key }
+
+// Watch's doc (watch.go).
+func docWatch(ctx context.Context, secrets *kvsecrets.Provider, client *stripeClient) {
+	for s, err := range secrets.Watch(ctx, "StripeKey") {
+		if err != nil {
+			log.Printf("StripeKey is not served: %v", err) // revoked, or past MaxStale
+			continue
+		}
+		client.SetKey(s.Value())
+	}
+}
+
+// LoadLive's doc (live.go).
+func docLoadLive(ctx context.Context, secrets *kvsecrets.Provider) *Config {
+	live, err := kvsecrets.LoadLive[Config](ctx, secrets, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer live.Close()
+	cfg := live.Current() // on each request: an atomic load
+	return cfg
+}
+
+// TestREADMELive runs the doc comments' code on the local vault.
+func TestREADMELive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		vault, err := kvtest.NewInProcess(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vault.Close()
+		vault.SetSecret("StripeKey", "sk_test_1", nil)
+		vault.SetSecret("CachePassword", "pw", nil)
+		secrets, err := kvsecrets.NewProvider(vault.URL(), vault.Credential(),
+			&kvsecrets.Options{ClientOptions: vault.ClientOptions()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer secrets.Close()
+		if cfg := docLoadLive(t.Context(), secrets); cfg.StripeKey != "sk_test_1" || cfg.Cache.Password != "pw" {
+			t.Fatalf("%+v", cfg)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		client := &stripeClient{}
+		done := make(chan struct{})
+		go func() { docWatch(ctx, secrets, client); close(done) }()
+		synctest.Wait()
+		vault.SetSecret("StripeKey", "sk_test_2", nil)
+		secrets.Refresh(ctx, "StripeKey")
+		synctest.Wait()
+		if client.key != "sk_test_2" {
+			t.Fatalf("the watch set %q", client.key)
+		}
+		cancel()
+		<-done
+	})
+}
