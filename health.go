@@ -31,6 +31,8 @@ const (
 // SecretStatus is the health of one secret, as [Provider.Status] reports
 // it. It holds no value: it prints, logs and marshals as it is.
 type SecretStatus struct {
+	// Name is the name as given; "" for an invalid name, which is not
+	// repeated (it might be a value passed by mistake).
 	Name  string      `json:"name"`
 	State SecretState `json:"state"`
 	// Version is the version served; "" when none is.
@@ -96,6 +98,7 @@ func (e *entry) noteHealthLocked(prev *state, serr *SecretError, now time.Time) 
 func (p *Provider) Status(name string) SecretStatus {
 	s := SecretStatus{Name: name, State: StateNotLoaded}
 	if err := checkName(name); err != nil {
+		s.Name = ""
 		return s.failing(err)
 	}
 	if p.closed.Load() {

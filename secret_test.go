@@ -168,3 +168,98 @@ func (m multiHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 func (m multiHandler) WithAttrs([]slog.Attr) slog.Handler { return m }
 func (m multiHandler) WithGroup(string) slog.Handler      { return m }
+
+// TestLiveSurfacesNeverRevealTheValue runs the Handle, the Live wrapper,
+// SecretStatus (stale and failing, with their errors) and the health
+// body through the same printing, JSON and slog paths as a Secret, bare and
+// inside applications' structs (where fmt prints unexported fields by
+// reflection).
+func TestLiveSurfacesNeverRevealTheValue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("K", knownValue)
+		v.set("J", `{"key":"`+knownValue+`"}`)
+		var logBuf bytes.Buffer
+		p := v.newProvider(t, &Options{TTL: time.Minute, MaxStale: 10 * time.Minute,
+			Logger: slog.New(slog.NewJSONHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		ctx := context.Background()
+		h, err := p.Handle("K")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := h.Get(ctx); got != knownValue {
+			t.Fatal(got)
+		}
+		type cfg struct {
+			S Secret            `keyvault:"K"`
+			J map[string]string `keyvault:"J,json"`
+		}
+		live, err := LoadLive[cfg](ctx, p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer live.Close()
+		v.set("J", `{"key":"`+knownValue+`", broken`) // a failed rebuild, with its error
+		p.Refresh(ctx, "J")
+		synctest.Wait()
+		if live.Err() == nil {
+			t.Fatal("the rebuild did not fail")
+		}
+		v.setFail(func(string) (int, string) { return http.StatusServiceUnavailable, "ServiceUnavailable" })
+		time.Sleep(2 * time.Minute)
+		stale := p.Status("K")
+		if stale.State != StateStale || stale.Err == nil {
+			t.Fatalf("%+v", stale)
+		}
+		failing := p.Status(knownValue) // a value passed as a name
+		rec := httptest.NewRecorder()
+		p.HealthHandler("K", "J").ServeHTTP(rec, httptest.NewRequest("GET", "/ready", nil))
+		health := p.Health()
+
+		type appExported struct {
+			H      *Handle
+			L      *Live[cfg]
+			S      SecretStatus
+			All    []SecretStatus
+			Err    error
+			Events RotationEvent
+		}
+		type appUnexported struct {
+			h   *Handle
+			l   *Live[cfg]
+			s   SecretStatus
+			all []SecretStatus
+			err error
+			n   appExported
+		}
+		exp := appExported{H: h, L: live, S: stale, All: health, Err: live.Err()}
+		unexp := appUnexported{h: h, l: live, s: stale, all: health, err: live.Err(), n: exp}
+		values := []any{h, live, stale, &stale, failing, health, exp, &exp, unexp, &unexp,
+			[]appUnexported{unexp}, map[string]appUnexported{"k": unexp}, struct{ any }{unexp}}
+		var outs []string
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%p", "%T %v"} {
+			for _, x := range values {
+				outs = append(outs, fmt.Sprintf(verb, x))
+			}
+		}
+		for _, x := range []any{h, live, stale, failing, health, exp} {
+			b, err := json.Marshal(x)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outs = append(outs, string(b))
+		}
+		slog.New(slog.NewTextHandler(&logBuf, nil)).Info("msg", "handle", h, "live", live, "status", stale,
+			"health", health, "app", exp, "private", unexp)
+		outs = append(outs, logBuf.String(), rec.Body.String(), live.Err().Error(), stale.Err.Error(), failing.Err.Error())
+		hexLower := fmt.Sprintf("%x", knownValue)
+		for _, o := range outs {
+			if strings.Contains(o, "hunter2") || strings.Contains(o, hexLower) {
+				t.Fatalf("value revealed: %s", o)
+			}
+		}
+		if !strings.Contains(rec.Body.String(), `"name":"K"`) || !strings.Contains(fmt.Sprint(live), `"J"`) {
+			t.Fatalf("names missing: %s / %v", rec.Body.String(), live)
+		}
+	})
+}
