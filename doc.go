@@ -52,6 +52,15 @@
 // webhook so that rotations made elsewhere reach every instance in
 // seconds.
 //
+// # Live secrets
+//
+// [Provider.Handle] names a secret once, so that each read is an atomic
+// load and a check. [Provider.Watch] yields a secret's versions as they are
+// served; [LoadLive] keeps a configuration struct current through
+// rotations, swapping immutable snapshots. [Provider.Status] and
+// [Provider.HealthHandler] report whether each secret is fresh, stale or
+// failing, for readiness probes.
+//
 // # Failures
 //
 // Failures that are not the vault's answer about the secret — network
