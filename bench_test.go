@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,4 +281,71 @@ func BenchmarkHandleGetParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// The ratio of a cached Handle.Get (and Get) to a sync.Map Load, measured
+// in alternating blocks of one benchmark so that both see the same machine
+// load (shared CI machines drift by 2× within a run):
+// go test -run '^$' -bench 'VsSyncMap' -benchmem -count 5 .
+func BenchmarkHandleGetVsSyncMap(b *testing.B) {
+	p := benchProvider(b)
+	h, err := p.Handle("MyApiKey")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.Run("serial", func(b *testing.B) { ratioBench(b, false, func() { h.Get(ctx) }) })
+	b.Run("parallel", func(b *testing.B) { ratioBench(b, true, func() { h.Get(ctx) }) })
+}
+
+func BenchmarkCachedGetVsSyncMap(b *testing.B) {
+	p := benchProvider(b)
+	ctx := context.Background()
+	b.Run("serial", func(b *testing.B) { ratioBench(b, false, func() { p.Get(ctx, "MyApiKey") }) })
+	b.Run("parallel", func(b *testing.B) { ratioBench(b, true, func() { p.Get(ctx, "MyApiKey") }) })
+}
+
+// ratioBench runs read and a sync.Map Load in alternating blocks of 10,000
+// (on every P with parallel) and reports read's time over the Load's.
+func ratioBench(b *testing.B, parallel bool, read func()) {
+	var m sync.Map
+	m.Store("MyApiKey", "value")
+	const block = 10000
+	var tRead, tMap atomic.Int64
+	run := func(blocks func() bool) {
+		var local any
+		for blocks() {
+			t0 := time.Now()
+			for range block {
+				read()
+			}
+			t1 := time.Now()
+			for range block {
+				local, _ = m.Load("MyApiKey")
+			}
+			t2 := time.Now()
+			tRead.Add(int64(t1.Sub(t0)))
+			tMap.Add(int64(t2.Sub(t1)))
+		}
+		sink = local
+	}
+	b.ReportAllocs()
+	if parallel {
+		b.RunParallel(func(pb *testing.PB) {
+			run(func() bool {
+				for range block {
+					if !pb.Next() {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	} else {
+		n := 0
+		run(func() bool { n += block; return n <= b.N })
+	}
+	if tMap.Load() > 0 {
+		b.ReportMetric(float64(tRead.Load())/float64(tMap.Load()), "×syncmap")
+	}
 }

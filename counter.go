@@ -51,16 +51,22 @@ func (c *counter) init() {
 func (c *counter) inc() {
 	s := c.slots
 	id := procPin()
-	if uint(id) < uint(len(s)) {
-		if plainCount {
-			s[id].n++
-		} else {
-			atomic.AddUint64(&s[id].n, 1)
-		}
+	if plainCount && uint(id) < uint(len(s)) {
+		s[id].n++
 		procUnpin()
 		return
 	}
 	procUnpin()
+	c.incSlow(id)
+}
+
+// incSlow is inc without the plain add: atomic, in the slot of P id (which
+// the caller may have left since) or, past the slots, the shared one.
+func (c *counter) incSlow(id int) {
+	if uint(id) < uint(len(c.slots)) {
+		atomic.AddUint64(&c.slots[id].n, 1)
+		return
+	}
 	c.extra.Add(1)
 }
 

@@ -45,8 +45,17 @@ func (h *Handle) Name() string { return h.name }
 func (h *Handle) Get(ctx context.Context) (string, error) {
 	if e := h.e.Load(); e != nil {
 		if st := e.state.Load(); st.ready && !h.p.closed.Load() {
-			h.p.touch(e)
-			h.p.hits.inc()
+			p := h.p
+			p.touch(e)
+			// p.hits.inc(), written out: one call fewer on the hot path.
+			slots, id := p.hits.slots, procPin()
+			if plainCount && uint(id) < uint(len(slots)) {
+				slots[id].n++
+				procUnpin()
+			} else {
+				procUnpin()
+				p.hits.incSlow(id)
+			}
 			return string(st.value), nil
 		}
 	}
