@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -20,7 +21,41 @@ type kvl struct {
 	url    string
 	client *http.Client
 	cmd    *exec.Cmd
-	out    *bytes.Buffer
+	out    *lockedBuffer // stderr, written by exec's goroutine while the test reads it
+	lines  chan string   // stdout after the URL line
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitLine waits for a line of kvlocal's output that contains s.
+func (k *kvl) waitLine(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case l := <-k.lines:
+			if strings.Contains(l, s) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("kvlocal printed no line with %q; stderr: %s", s, k.out.String())
+		}
+	}
 }
 
 func startKvlocal(t *testing.T, args ...string) *kvl {
@@ -34,12 +69,12 @@ func startKvlocal(t *testing.T, args ...string) *kvl {
 	cmd := exec.Command(bin, append([]string{"-port", "0", "-token", "tok-h14", "-ca-out", ca}, args...)...)
 	pr, pw := io.Pipe()
 	cmd.Stdout = pw
-	all := &bytes.Buffer{}
+	all := &lockedBuffer{}
 	cmd.Stderr = all
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	k := &kvl{cmd: cmd, out: all}
+	k := &kvl{cmd: cmd, out: all, lines: make(chan string, 1000)}
 	t.Cleanup(func() {
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
@@ -54,7 +89,15 @@ func startKvlocal(t *testing.T, args ...string) *kvl {
 			break
 		}
 	}
-	go io.Copy(io.Discard, pr)
+	go func() {
+		for sc.Scan() {
+			select {
+			case k.lines <- sc.Text():
+			default: // nobody is waiting for more
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
 	pem, err := os.ReadFile(ca)
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +173,9 @@ func TestHostileKvlocalEventGridWaitsForWebhook(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatalf("no handshake retried within 20s; kvlocal says: %s", k.out.String())
 			}
+			// Events reach a subscription made after the handshake is
+			// answered, as with Event Grid: wait for kvlocal to say so.
+			k.waitLine(t, "validated by")
 			k.put(t, "Late", "late-value-SECRET")
 			deadline := time.After(20 * time.Second)
 			for {
