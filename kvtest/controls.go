@@ -190,7 +190,7 @@ type Request struct {
 	Op         string // get, set, update, delete, list, versions, backup, restore, getDeleted, purge, recover, listDeleted; "" if unknown
 	Secret     string // the secret named in the path, if any
 	Version    string
-	Status     int  // the status answered; -1 for a dropped connection
+	Status     int  // the status answered; -1 for a dropped connection or an answer cut short (DropConnection, ResetMidBody)
 	Authorized bool // carried a token the server issued
 	// RequestID is the x-ms-request-id the server answered with, as an
 	// SDK's error shows it ("" for a dropped connection).

@@ -520,7 +520,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Every answer carries Key Vault's headers (headers.go), the challenge
 	// and injected faults too.
 	requestID := setResponseHeaders(w.Header(), r)
+	logged := false
 	defer func() {
+		if logged {
+			return
+		}
 		id := requestID
 		if rec.status < 0 {
 			id = "" // dropped: the client saw no answer
@@ -546,6 +550,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f, ok := s.nextFault(rt.name); ok {
+		if f.Drop || f.ResetMidBody {
+			// Counted before the connection closes: the client, seeing
+			// it close, may retry and read the counts before this
+			// handler's deferred work has run.
+			logged = true
+			s.logRequest(r, rt, authorised, -1, "")
+		}
 		if !s.applyFault(rec, r, f) {
 			rec.status = -1 // dropped
 		}
