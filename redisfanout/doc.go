@@ -32,11 +32,18 @@
 //
 // The fleet's re-reads are paced to Options.ReadRate (300 a second by
 // default, three quarters of Key Vault's 4,000 per 10 s): each notice
-// heard gets its own slice of time, instances / ReadRate long (the
-// instances counted with PUBSUB NUMSUB), after the slices of the notices
-// heard before it, and each instance re-reads at a random moment of it.
-// Every instance hears the same notices in the same order, so they agree
-// on the slices without talking to each other: one rotation reaches 1,000
+// heard gets its own slice of time, instances / ReadRate long, after the
+// slices of the notices heard before it (at most 15 minutes ahead), and
+// each instance re-reads at a random moment of it. The instances are
+// counted by the publisher and signed into the notice: every FanOut
+// announces itself every 15 s in a sorted set (Channel+":members") under a
+// member name tagged with an HMAC of its random id, and the publisher
+// counts the members announced within 45 s whose tag is valid. Every
+// instance hears the same notices in the same order with the same count,
+// so they agree on the slices without talking to each other, and nobody
+// without the key can stretch them (idle subscribers and forged members
+// are not counted; one who can delete keys can shrink the count, which
+// makes refreshes sooner, not later). One rotation reaches 1,000
 // instances within about 3.3 s, and twenty at once queue into about a
 // minute instead of 20,000 reads in one second.
 //

@@ -2,6 +2,8 @@ package redisfanout
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"net/url"
 	"strings"
@@ -33,9 +35,9 @@ type FanOut struct {
 
 	heard heardSet // versions heard on the channel, not to be published again
 
-	subscribers atomic.Int64 // instances on the channel (PUBSUB NUMSUB), for slices
-	sliceMu     sync.Mutex
-	busyUntil   time.Time // the end of the last notice's slice
+	id        string // this instance's member id
+	sliceMu   sync.Mutex
+	busyUntil time.Time // the end of the last notice's slice
 
 	mu        sync.Mutex
 	ps        *redis.PubSub // the subscription's connection now; nil between attempts
@@ -70,11 +72,12 @@ func New(p *kvsecrets.Provider, client redis.UniversalClient, opts *Options) (*F
 		changed: make(chan struct{}),
 	}
 	f.heard.init()
+	f.id = hex.EncodeToString(randomBytes(16))
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	f.wg.Add(3)
 	go f.subscribeLoop()
 	go f.publishLoop()
-	go f.countLoop()
+	go f.announceLoop()
 	f.removeHook = p.AddOnRotate(f.onRotate)
 	return f, nil
 }
@@ -248,4 +251,10 @@ func (h *heardSet) add(id string, now time.Time, ttl time.Duration) bool {
 	}
 	h.m[id] = now
 	return true
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
 }

@@ -242,6 +242,8 @@ func TestThreeInstancesConvergeAfterOneWebhookDelivery(t *testing.T) {
 	msgs := raw.until(t, "marker")
 	if len(msgs) != 2 || !strings.Contains(msgs[0], v2) {
 		t.Errorf("the channel carried %q, want one message for %s and the marker", msgs, v2)
+	} else if n, err := decode(testKey, DefaultChannel, msgs[0], time.Now(), time.Minute); err != nil || n.N != 3 {
+		t.Errorf("the notice counts %d instances (%v); want the 3 members", n.N, err)
 	}
 	for _, in := range ins {
 		in.waitStatus(t, ctx, "the marker", func(s Status) bool { return s.Received == 2 })
@@ -324,7 +326,7 @@ func TestForgedMessagesAreRejected(t *testing.T) {
 		}
 		return msg
 	}
-	good := notice{Vault: host, Name: "ApiKey", Version: v2, TS: now.UnixMilli()}
+	good := notice{Vault: host, Name: "ApiKey", Version: v2, TS: now.UnixMilli(), N: 1}
 	badMAC := []byte(sign(testKey, DefaultChannel, good))
 	badMAC[len(msgPrefix)+5] ^= 1
 	stale, future, badName, oversized := good, good, good, good
@@ -393,8 +395,8 @@ func TestValidMessagesThatAreNotNewsAreIgnored(t *testing.T) {
 	}
 	host := strings.ToLower(vault.Host())
 	ts := time.Now().UnixMilli()
-	other := notice{Vault: "othervault.vault.azure.net", Name: "ApiKey", Version: v2, TS: ts}
-	notCached := notice{Vault: host, Name: "NotRead", Version: v2, TS: ts}
+	other := notice{Vault: "othervault.vault.azure.net", Name: "ApiKey", Version: v2, TS: ts, N: 1}
+	notCached := notice{Vault: host, Name: "NotRead", Version: v2, TS: ts, N: 1}
 	before := vault.SecretRequests("ApiKey")
 	for i, n := range []notice{other, notCached, other} {
 		msg, err := encode(testKey, DefaultChannel, n)
@@ -444,15 +446,30 @@ func TestValuesNeverTravel(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stored []string
+	var claims int
 	for _, k := range keys {
-		v, err := ins[0].client.Get(ctx, k).Result()
-		if err != nil {
-			t.Fatal(err)
+		switch {
+		case k == membersKey(DefaultChannel):
+			ms, err := ins[0].client.ZRange(ctx, k, 0, -1).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ms) != len(ins) {
+				t.Errorf("%d members for %d instances", len(ms), len(ins))
+			}
+			stored = append(stored, k)
+			stored = append(stored, ms...)
+		default:
+			v, err := ins[0].client.Get(ctx, k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			claims++
+			stored = append(stored, k, v)
 		}
-		stored = append(stored, k, v)
 	}
-	if len(keys) != 1 || !strings.HasPrefix(keys[0], DefaultChannel+":published:") {
-		t.Errorf("Redis holds keys %q; want the one claim", keys)
+	if len(keys) != 2 || claims != 1 {
+		t.Errorf("Redis holds keys %q; want the one claim and the members", keys)
 	}
 	for _, s := range append(msgs, stored...) {
 		for _, part := range []string{value, value[:12], value[len(value)-12:]} {

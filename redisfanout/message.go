@@ -17,7 +17,7 @@ import (
 //	kvs1.<MAC>.<body>
 //
 // body is JSON, {"vault":"myvault.vault.azure.net","name":"ApiKey",
-// "version":"<32 hex>","ts":<unix milliseconds>}; MAC is the unpadded
+// "version":"<32 hex>","ts":<unix milliseconds>,"n":<instances>}; MAC is the unpadded
 // base64url HMAC-SHA256, under Options.Key, of macLabel, the channel, a
 // newline and the body. The channel is signed so that a message is valid on
 // its own channel only. The MAC is checked before the body is parsed.
@@ -34,6 +34,7 @@ type notice struct {
 	Name    string `json:"name"`    // the secret's name
 	Version string `json:"version"` // the new version
 	TS      int64  `json:"ts"`      // when it was sent, Unix milliseconds
+	N       int64  `json:"n"`       // instances of the fleet the publisher counted (members), for the slices
 }
 
 // Reasons a message is rejected, as logged.
@@ -91,7 +92,7 @@ func decode(key []byte, channel, msg string, now time.Time, window time.Duration
 	if d := now.Sub(time.UnixMilli(n.TS)); d > window || d < -window {
 		return n, errStale
 	}
-	if !validHost(n.Vault) || n.Name == "" || len(n.Name) > 127 || len(n.Version) > 64 {
+	if !validHost(n.Vault) || n.Name == "" || len(n.Name) > 127 || len(n.Version) > 64 || n.N < 1 || n.N > maxMembers {
 		return n, errNotice
 	}
 	return n, nil
@@ -125,4 +126,34 @@ func claimKey(key []byte, channel, id string) string {
 // versions heard.
 func noticeID(vault, name, version string) string {
 	return vault + "/" + strings.ToLower(name) + "/" + strings.ToLower(version)
+}
+
+// Members. Each FanOut announces itself every countInterval in a sorted set
+// (Channel+":members"), as "<id>.<tag>" scored by the time, where tag is an
+// HMAC of the id: the publisher of a notice counts the members announced
+// within memberTTL whose tag is valid, and signs the count into the
+// notice. So every instance uses the same count for a notice, and nobody
+// without the key can inflate it (idle subscribers and forged members are
+// not counted).
+
+// membersKey is the sorted set of members.
+func membersKey(channel string) string { return channel + ":members" }
+
+// memberTag is the HMAC tag of a member id.
+func memberTag(key []byte, channel, id string) string {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte("kvsecrets/redisfanout member\n" + channel + "\n" + id))
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// member is the sorted set's member for id.
+func member(key []byte, channel, id string) string { return id + "." + memberTag(key, channel, id) }
+
+// validMember reports whether m is a member made under key.
+func validMember(key []byte, channel, m string) bool {
+	id, tag, ok := strings.Cut(m, ".")
+	if !ok || len(id) != 32 || len(tag) != 32 {
+		return false
+	}
+	return hmac.Equal([]byte(tag), []byte(memberTag(key, channel, id)))
 }

@@ -18,7 +18,7 @@ func strconvItoa(i int) string { return strconv.Itoa(i) }
 
 func TestMessageRoundTripAndRejections(t *testing.T) {
 	now := time.Now()
-	n := notice{Vault: "myvault.vault.azure.net", Name: "ApiKey", Version: strings.Repeat("a", 32), TS: now.UnixMilli()}
+	n := notice{Vault: "myvault.vault.azure.net", Name: "ApiKey", Version: strings.Repeat("a", 32), TS: now.UnixMilli(), N: 3}
 	msg, err := encode(testKey, "ch", n)
 	if err != nil {
 		t.Fatal(err)
@@ -102,24 +102,41 @@ var _ redis.Error = redisError("")
 // TestNoticesGetConsecutiveSlices checks the arithmetic that keeps a
 // fleet's refreshes within ReadRate: with 1,000 instances at 300 reads a
 // second, each notice gets 3.33 s, after the notices before it; a notice
-// after a quiet spell starts at once.
+// after a quiet spell starts at once, and none waits past maxQueueDelay.
 func TestNoticesGetConsecutiveSlices(t *testing.T) {
 	f := &FanOut{cfg: config{readRate: 300}}
-	f.subscribers.Store(1000)
 	now := time.Unix(1_800_000_000, 0)
 	n, rate := 1000.0, 300.0
 	width := time.Duration(n / rate * float64(time.Second))
 	for i := range 20 {
-		delay, spread := f.slice(now)
+		delay, spread := f.slice(now, 1000)
 		if spread != width || delay != time.Duration(i)*width {
 			t.Fatalf("notice %d: delay %v spread %v, want %v and %v", i, delay, spread, time.Duration(i)*width, width)
 		}
 	}
-	if delay, _ := f.slice(now.Add(time.Hour)); delay != 0 {
+	if delay, _ := f.slice(now.Add(time.Hour), 1000); delay != 0 {
 		t.Errorf("a notice after a quiet hour waits %v", delay)
 	}
-	f.subscribers.Store(0) // not counted yet: one instance
-	if _, spread := f.slice(now.Add(2 * time.Hour)); spread != time.Duration(float64(time.Second)/rate) {
-		t.Errorf("uncounted fleet: spread %v", spread)
+	for range 1000 {
+		if delay, _ := f.slice(now.Add(2*time.Hour), maxMembers); delay > maxQueueDelay {
+			t.Fatalf("a notice waits %v, past maxQueueDelay", delay)
+		}
+	}
+}
+
+// Members are counted only with a tag made under the key: idle
+// subscribers, forged members and members of another channel are not.
+func TestMembersAreAuthenticated(t *testing.T) {
+	id := "0123456789abcdef0123456789abcdef"
+	m := member(testKey, "ch", id)
+	if !validMember(testKey, "ch", m) {
+		t.Fatal("a member made under the key is refused")
+	}
+	other := append([]byte(nil), testKey...)
+	other[0] ^= 1
+	for _, bad := range []string{member(other, "ch", id), member(testKey, "other", id), id, id + ".", "x." + m[33:], m + "0", ""} {
+		if validMember(testKey, "ch", bad) {
+			t.Errorf("member %q counted", bad)
+		}
 	}
 }

@@ -35,7 +35,10 @@ const (
 	healthInterval  = 30 * time.Second       // a silent connection is pinged after this, and replaced after as long again
 	maxChannelLen   = 256
 	rejectLogPeriod = time.Second      // at most one Warn per period for rejected messages
-	countInterval   = 15 * time.Second // how often the channel's subscribers are counted
+	countInterval   = 15 * time.Second // how often a FanOut announces itself as a member
+	memberTTL       = 45 * time.Second // a member not announced for this long is not counted
+	maxMembers      = 100_000          // counted at most; a notice naming more is rejected
+	maxQueueDelay   = 15 * time.Minute // a notice's slice starts at most this far ahead
 )
 
 // Options configures a FanOut. Key is required; every other zero field
@@ -91,7 +94,8 @@ type Options struct {
 	// notices may take: each notice heard gets its own slice of time,
 	// instances / ReadRate long, after the slices of the notices before it,
 	// and every instance refreshes at a random moment of that slice. The
-	// instances are counted with PUBSUB NUMSUB. So one rotation reaches
+	// instances are counted by the publisher from the fleet's signed
+	// announcements (see the package doc). So one rotation reaches
 	// 1,000 instances within about 3.3 s at the default, and 20 rotations
 	// at once queue into 67 s instead of 20,000 reads in the same second.
 	// Default DefaultReadRate (300).

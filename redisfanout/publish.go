@@ -32,13 +32,14 @@ func (f *FanOut) publishLoop() {
 }
 
 func (f *FanOut) publish(n notice) {
+	ctx, cancel := context.WithTimeout(f.ctx, f.cfg.publishTimeout)
+	defer cancel()
+	n.N = f.countMembers(ctx)
 	n.TS = time.Now().UnixMilli()
 	msg, err := encode(f.cfg.key, f.cfg.channel, n)
 	if err != nil {
 		return // a notice of strings always marshals
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, f.cfg.publishTimeout)
-	defer cancel()
 	key := claimKey(f.cfg.key, f.cfg.channel, noticeID(n.Vault, n.Name, n.Version))
 	res, err := claimAndPublish.Run(ctx, f.client, []string{key},
 		int64(f.cfg.publishedTTL/time.Second), f.cfg.channel, msg).Int64()

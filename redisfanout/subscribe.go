@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/kvsecrets/kvsecrets"
@@ -138,7 +139,7 @@ func (f *FanOut) handle(payload string) {
 	n, err := decode(f.cfg.key, f.cfg.channel, payload, now, f.cfg.replayWindow)
 	if err == nil && f.heard.add(noticeID(n.Vault, n.Name, n.Version), now, f.cfg.publishedTTL) {
 		var ok bool
-		delay, spread := f.slice(now)
+		delay, spread := f.slice(now, n.N)
 		ok, err = f.p.Notify(kvsecrets.Notice{Vault: n.Vault, Name: n.Name, Version: n.Version, Delay: delay, Spread: spread})
 		if err != nil {
 			err = errNotice
@@ -185,35 +186,41 @@ func isName(s string) bool {
 }
 
 // slice returns the slice of time this notice's refresh falls in: after
-// the slices of the notices heard before it, instances / ReadRate long.
-// Every instance hears the same notices in the same order, so they agree
-// on the slices without talking to each other.
-func (f *FanOut) slice(now time.Time) (delay, spread time.Duration) {
-	n := max(f.subscribers.Load(), 1)
-	spread = time.Duration(float64(n) / f.cfg.readRate * float64(time.Second))
+// the slices of the notices heard before it, n / ReadRate long, where n is
+// the publisher's signed count of the fleet. Every instance hears the same
+// notices in the same order with the same counts, so they agree on the
+// slices without talking to each other. A slice starts at most
+// maxQueueDelay ahead.
+func (f *FanOut) slice(now time.Time, n int64) (delay, spread time.Duration) {
+	spread = time.Duration(float64(max(n, 1)) / f.cfg.readRate * float64(time.Second))
 	f.sliceMu.Lock()
 	defer f.sliceMu.Unlock()
 	start := now
 	if f.busyUntil.After(now) {
 		start = f.busyUntil
 	}
+	if start.Sub(now) > maxQueueDelay {
+		start = now.Add(maxQueueDelay)
+	}
 	f.busyUntil = start.Add(spread)
 	return start.Sub(now), spread
 }
 
-// countLoop keeps subscribers current: the channel's subscriber count, from
-// PUBSUB NUMSUB, every countInterval until Close.
-func (f *FanOut) countLoop() {
+// announceLoop announces this instance as a member of the fleet every
+// countInterval until Close, and drops members not announced for a while.
+func (f *FanOut) announceLoop() {
 	defer f.wg.Done()
 	t := time.NewTicker(countInterval)
 	defer t.Stop()
+	key, m := membersKey(f.cfg.channel), member(f.cfg.key, f.cfg.channel, f.id)
 	for {
 		ctx, cancel := context.WithTimeout(f.ctx, f.cfg.publishTimeout)
-		if m, err := f.client.PubSubNumSub(ctx, f.cfg.channel).Result(); err == nil {
-			if n := m[f.cfg.channel]; n > 0 {
-				f.subscribers.Store(n)
-			}
-		}
+		now := time.Now()
+		pipe := f.client.Pipeline()
+		pipe.ZAdd(ctx, key, redis.Z{Score: float64(now.Unix()), Member: m})
+		pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-2*memberTTL).Unix(), 10))
+		pipe.Expire(ctx, key, 2*memberTTL)
+		_, _ = pipe.Exec(ctx) // a failure shows in the subscription's state; the next tick tries again
 		cancel()
 		select {
 		case <-t.C:
@@ -221,4 +228,22 @@ func (f *FanOut) countLoop() {
 			return
 		}
 	}
+}
+
+// countMembers returns the members announced within memberTTL whose tag is
+// valid: the fleet's size, for the notice about to be published.
+func (f *FanOut) countMembers(ctx context.Context) int64 {
+	since := time.Now().Add(-memberTTL).Unix()
+	ms, err := f.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: membersKey(f.cfg.channel), ByScore: true,
+		Start: strconv.FormatInt(since, 10), Stop: "+inf", Count: maxMembers}).Result()
+	if err != nil {
+		return 1
+	}
+	var n int64
+	for _, m := range ms {
+		if validMember(f.cfg.key, f.cfg.channel, m) {
+			n++
+		}
+	}
+	return max(n, 1)
 }
