@@ -280,7 +280,7 @@ func (f *loadField) decode(s Secret) (reflect.Value, error) {
 			err = v.Interface().(encoding.BinaryUnmarshaler).UnmarshalBinary([]byte(s.Value()))
 		}
 		if err != nil {
-			return reflect.Value{}, &withheldError{what: fmt.Sprintf("(%v).%s failed", ptr, method), err: err}
+			return reflect.Value{}, newWithheld(fmt.Sprintf("(%v).%s failed", ptr, method), err)
 		}
 		if ptr == t {
 			return v, nil
@@ -304,7 +304,7 @@ func jsonError(t reflect.Type, err error) error {
 	var typ *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &syn):
-		return &withheldError{what: fmt.Sprintf("the secret is not valid JSON (at byte %d)", syn.Offset), err: err}
+		return newWithheld(fmt.Sprintf("the secret is not valid JSON (at byte %d)", syn.Offset), err)
 	case errors.As(err, &typ):
 		// The path and the target type come from dst's own type: the
 		// error's Type can be made by a custom decoder from its input.
@@ -319,7 +319,7 @@ func jsonError(t reflect.Type, err error) error {
 			kind = "value"
 		}
 		if into == nil {
-			return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded", kind, where), err: err}
+			return newWithheld(fmt.Sprintf("JSON %s at %s cannot be decoded", kind, where), err)
 		}
 		// The decoder's type is more precise (the element of a map, a
 		// field of a struct): use it when it is part of the field's own
@@ -327,9 +327,9 @@ func jsonError(t reflect.Type, err error) error {
 		if typ.Type != nil && contains(into, typ.Type, 4) {
 			into = typ.Type
 		}
-		return &withheldError{what: fmt.Sprintf("JSON %s at %s cannot be decoded into %v", kind, where, into), err: err}
+		return newWithheld(fmt.Sprintf("JSON %s at %s cannot be decoded into %v", kind, where, into), err)
 	}
-	return &withheldError{what: fmt.Sprintf("the secret cannot be decoded as JSON into %v", t), err: err}
+	return newWithheld(fmt.Sprintf("the secret cannot be decoded as JSON into %v", t), err)
 }
 
 // jsonPath rewrites the dotted path of a JSON decoding error
@@ -423,16 +423,19 @@ func jsonField(t reflect.Type, name string) (string, reflect.Type, bool) {
 }
 
 // withheldError describes a failure without the cause's message, which may
-// quote the secret's value; the cause is still there for errors.As.
+// quote the secret's value. It keeps nothing of the cause: the cause's fields and message
+// (json.UnmarshalTypeError.Value, netip's ParseAddr("…")) may hold the
+// value, and errors.As, Unwrap and error reporters that walk the chain
+// would reach them. what names the field, the position and the type.
 type withheldError struct {
 	what string
-	err  error
 }
+
+func newWithheld(what string, _ error) *withheldError { return &withheldError{what: what} }
 
 func (e *withheldError) Error() string {
 	return e.what + " (the decoder's message is withheld: it may quote the value)"
 }
-func (e *withheldError) Unwrap() error { return e.err }
 
 // target returns the field's value in root, making nil pointers on the way.
 func (f *loadField) target(root reflect.Value) reflect.Value {

@@ -527,3 +527,48 @@ func TestLoadJSONErrorsTrustNoDecoder(t *testing.T) {
 		}
 	})
 }
+
+// TestLoadErrorsHoldNoValueAnywhereInTheChain: a decoder's error may quote
+// the value (json.UnmarshalTypeError.Value, netip's ParseAddr("…")); Load's
+// error must not hold it in its message, nor anywhere errors.Unwrap or
+// errors.As can reach.
+func TestLoadErrorsHoldNoValueAnywhereInTheChain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := newFakeVault()
+		v.set("DbConfig", `{"Pin": 98765432101234}`)
+		v.set("BindAddr", "not-an-ip-TOPSECRET")
+		p := v.newProvider(t, nil)
+		var cfg struct {
+			DB   struct{ Pin int8 } `keyvault:"DbConfig,json"`
+			Bind netip.Addr         `keyvault:"BindAddr"`
+		}
+		err := p.Load(t.Context(), &cfg)
+		if err == nil {
+			t.Fatal("Load succeeded")
+		}
+		var walk func(e error, depth int)
+		walk = func(e error, depth int) {
+			if e == nil || depth > 20 {
+				return
+			}
+			for _, s := range []string{e.Error(), fmt.Sprintf("%#v", e), fmt.Sprintf("%+v", e)} {
+				for _, secret := range []string{"98765432101234", "TOPSECRET"} {
+					if strings.Contains(s, secret) {
+						t.Errorf("an error in the chain (%T, depth %d) holds the value: %s", e, depth, s)
+					}
+				}
+			}
+			if j, ok := e.(interface{ Unwrap() []error }); ok {
+				for _, c := range j.Unwrap() {
+					walk(c, depth+1)
+				}
+			}
+			walk(errors.Unwrap(e), depth+1)
+		}
+		walk(err, 0)
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) {
+			t.Errorf("errors.As finds the decoder's %T, whose Value is %q", ute, ute.Value)
+		}
+	})
+}
