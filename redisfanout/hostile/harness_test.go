@@ -106,8 +106,6 @@ func (r *redisProc) kill() {
 	<-done
 }
 
-func (r *redisProc) restart() { r.kill(); r.start() }
-
 func (r *redisProc) signal(s os.Signal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -207,18 +205,6 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// stays checks cond holds for the whole of d.
-func stays(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if !cond() {
-			t.Fatalf("%s stopped holding", what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
