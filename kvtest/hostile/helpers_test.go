@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +17,14 @@ import (
 	"github.com/kvsecrets/kvsecrets/kvtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		if kvlocalBin != "" {
+			os.RemoveAll(filepath.Dir(kvlocalBin))
+		}
+		os.Exit(code)
+	}))
+}
 
 // raw sends one request to s with an optional bearer token.
 func raw(t *testing.T, s *kvtest.Server, method, pathAndQuery, token string, body []byte, hdr http.Header) (int, []byte, http.Header) {

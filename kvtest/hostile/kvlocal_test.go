@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -61,10 +62,7 @@ func (k *kvl) waitLine(t *testing.T, s string) {
 func startKvlocal(t *testing.T, args ...string) *kvl {
 	t.Helper()
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "kvlocal")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/kvlocal").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v %s", err, out)
-	}
+	bin := buildKvlocal(t)
 	ca := filepath.Join(dir, "ca.pem")
 	cmd := exec.Command(bin, append([]string{"-port", "0", "-token", "tok-h14", "-ca-out", ca}, args...)...)
 	pr, pw := io.Pipe()
@@ -106,6 +104,32 @@ func startKvlocal(t *testing.T, args ...string) *kvl {
 	pool.AppendCertsFromPEM(pem)
 	k.client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	return k
+}
+
+var (
+	kvlocalOnce sync.Once
+	kvlocalBin  string
+	kvlocalErr  error
+)
+
+// buildKvlocal builds cmd/kvlocal once for the package's tests.
+func buildKvlocal(t *testing.T) string {
+	t.Helper()
+	kvlocalOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kvlocal-hostile")
+		if err != nil {
+			kvlocalErr = err
+			return
+		}
+		kvlocalBin = filepath.Join(dir, "kvlocal")
+		if out, err := exec.Command("go", "build", "-o", kvlocalBin, "../../cmd/kvlocal").CombinedOutput(); err != nil {
+			kvlocalErr = fmt.Errorf("build: %v %s", err, out)
+		}
+	})
+	if kvlocalErr != nil {
+		t.Fatal(kvlocalErr)
+	}
+	return kvlocalBin
 }
 
 func (k *kvl) put(t *testing.T, name, value string) {
