@@ -87,17 +87,7 @@ var errExpired = errors.New("kvtest: the event's time to live passed before this
 
 // validSubscriptionName reports whether n is a valid Event Grid event
 // subscription name: 3-64 letters, digits and '-'.
-func validSubscriptionName(n string) bool {
-	if len(n) < 3 || len(n) > 64 {
-		return false
-	}
-	for _, c := range n {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+func validSubscriptionName(n string) bool { return validDashed(n, 3, 64) }
 
 // noRetry reports whether a webhook's answer ends delivery at once: Event
 // Grid does not retry 400, 401, 403 or 413 from a webhook (it dead-letters
@@ -661,13 +651,7 @@ func (sub *Subscription) enqueue(p *pending, published bool) {
 	if published {
 		sub.stats.Published++
 	}
-	i, _ := slices.BinarySearchFunc(sub.queue, p.due, func(q *pending, t time.Time) int {
-		if q.due.After(t) {
-			return 1
-		}
-		return -1 // equal dues keep their order of arrival
-	})
-	sub.queue = slices.Insert(sub.queue, i, p)
+	sub.insertLocked(p)
 	select {
 	case sub.wake <- struct{}{}:
 	default:
@@ -785,6 +769,8 @@ func (sub *Subscription) settleLocked(p *pending, d Delivery) Delivery {
 	return d
 }
 
+// insertLocked adds p to the queue in due order; equal dues keep their
+// order of arrival. The caller holds sub.mu.
 func (sub *Subscription) insertLocked(p *pending) {
 	i, _ := slices.BinarySearchFunc(sub.queue, p.due, func(q *pending, t time.Time) int {
 		if q.due.After(t) {

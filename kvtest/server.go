@@ -386,8 +386,12 @@ func httpClientFor(servers ...*Server) *http.Client {
 	}}
 }
 
-func validVaultName(n string) bool {
-	if len(n) < 3 || len(n) > 24 {
+func validVaultName(n string) bool { return validDashed(n, 3, 24) }
+
+// validDashed reports whether n is lo-hi letters, digits and '-', the
+// rule of vault names and of event subscription names.
+func validDashed(n string, lo, hi int) bool {
+	if len(n) < lo || len(n) > hi {
 		return false
 	}
 	for _, c := range n {
