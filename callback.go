@@ -2,7 +2,11 @@ package kvsecrets
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 )
@@ -33,6 +37,20 @@ func runCallback(fn func()) {
 		callbacks.mu.Unlock()
 	}()
 	fn()
+}
+
+// callHook runs fn, a user callback named what (OnRotate, OnNearExpiry,
+// LiveOptions.OnChange…), as runCallback does, recovering a panic and
+// logging it with attrs (names and versions, never values) and the stack.
+// The panic value is not logged: it could be the secret itself.
+func (p *Provider) callHook(what string, fn func(), attrs ...slog.Attr) {
+	defer func() {
+		if r := recover(); r != nil {
+			attrs = append(attrs, slog.String("panic", fmt.Sprintf("%T", r)), slog.String("stack", string(debug.Stack())))
+			p.cfg.logger.LogAttrs(context.Background(), slog.LevelError, "kvsecrets: "+what+" panicked", attrs...)
+		}
+	}()
+	runCallback(fn)
 }
 
 // inCallback reports whether the calling goroutine is inside a user

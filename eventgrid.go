@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -297,13 +296,7 @@ func (h *eventGridHandler) handle(ev gridEvent) {
 // callOnNearExpiry calls the hook, recovering and logging a panic as
 // OnRotate's are (without the panic value).
 func (h *eventGridHandler) callOnNearExpiry(ev ExpiryEvent) {
-	defer func() {
-		if r := recover(); r != nil {
-			h.p.cfg.logger.Error("kvsecrets: OnNearExpiry panicked", slog.String("secret", ev.Name),
-				slog.String("panic", fmt.Sprintf("%T", r)), slog.String("stack", string(debug.Stack())))
-		}
-	}()
-	runCallback(func() { h.opts.OnNearExpiry(ev) })
+	h.p.callHook("OnNearExpiry", func() { h.opts.OnNearExpiry(ev) }, slog.String("secret", ev.Name))
 }
 
 // gridEvent is the part of an event, in either schema, that matters here.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -256,14 +255,7 @@ func (l *Live[T]) unfollow() {
 // callback runs a user callback, recovering and logging a panic without
 // its value.
 func (l *Live[T]) callback(what string, fn func()) {
-	defer func() {
-		if r := recover(); r != nil {
-			l.p.cfg.logger.Error("kvsecrets: LiveOptions."+what+" panicked",
-				slog.String("type", typeName[T]()), slog.String("panic", fmt.Sprintf("%T", r)),
-				slog.String("stack", string(debug.Stack())))
-		}
-	}()
-	runCallback(fn)
+	l.p.callHook("LiveOptions."+what, fn, slog.String("type", typeName[T]()))
 }
 
 func typeName[T any]() string { return reflect.TypeFor[T]().String() }

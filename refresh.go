@@ -677,15 +677,7 @@ func (p *Provider) callOnRotate(ev RotationEvent) {
 }
 
 func (p *Provider) callRotateHook(fn func(RotationEvent), ev RotationEvent) {
-	defer func() {
-		if r := recover(); r != nil {
-			// The panic value is not logged: it could be the secret itself.
-			p.cfg.logger.Error("kvsecrets: OnRotate panicked",
-				slog.String("secret", ev.Name), slog.String("newVersion", ev.NewVersion),
-				slog.String("panic", fmt.Sprintf("%T", r)), slog.String("stack", string(debug.Stack())))
-		}
-	}()
-	runCallback(func() { fn(ev) })
+	p.callHook("OnRotate", func() { fn(ev) }, slog.String("secret", ev.Name), slog.String("newVersion", ev.NewVersion))
 }
 
 // scheduler runs background work at its due times: one goroutine with a
