@@ -27,7 +27,7 @@ type Status struct {
 	Published  uint64 // versions this instance published (it won the claim)
 	Suppressed uint64 // versions not published: another instance had, or this one heard it on the channel
 	Dropped    uint64 // versions not published because Redis failed, timed out or the queue was full
-	Received   uint64 // messages received on the channel, valid or not
+	Received   uint64 // messages received on the channel, valid or not, counted once handled (after Rejected or Acted)
 	Rejected   uint64 // messages refused: oversized, malformed, bad signature, outside ReplayWindow, invalid notice
 	Acted      uint64 // messages whose notice started a refresh (Provider.Notify returned true)
 	Rechecks   uint64 // re-reads of every cached secret after a gap (Provider.NotifyAll calls)

@@ -133,8 +133,9 @@ func (f *FanOut) receive(ps *redis.PubSub, subscribed func()) error {
 }
 
 // handle acts on one message from the channel.
+// Received is counted last, once the message is classified, so that a
+// Status whose Received is N accounts for N messages in Rejected and Acted.
 func (f *FanOut) handle(payload string) {
-	f.received.Add(1)
 	now := time.Now()
 	n, err := decode(f.cfg.key, f.cfg.channel, payload, now, f.cfg.replayWindow)
 	if err == nil && f.heard.add(noticeID(n.Vault, n.Name, n.Version), now, f.cfg.publishedTTL) {
@@ -151,6 +152,7 @@ func (f *FanOut) handle(payload string) {
 		f.rejected.Add(1)
 		f.logReject(err, n, now)
 	}
+	f.received.Add(1)
 	f.bump()
 }
 

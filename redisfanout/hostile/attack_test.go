@@ -125,6 +125,7 @@ func TestForgedAndTamperedMessagesRejected(t *testing.T) {
 		}
 	}
 	b := f.ins[1]
+	eventually(t, 5*time.Second, "the rotation's message handled", func() bool { return f.received(b) >= 1 })
 	recv0, rej0, act0 := b.fan.Status().Received, b.fan.Status().Rejected, b.fan.Status().Acted
 	for _, m := range forged {
 		f.publish("kvsecrets:versions", m)
