@@ -201,8 +201,18 @@ type flight struct {
 	background bool   // started by the scheduler, which holds a slot for it
 	retry      bool   // a caller's first read: throttling is retried within FetchTimeout
 	done       chan struct{}
-	st         *state       // the entry's state after the read
-	err        *SecretError // the read's own failure, nil on success
+	// A caller's first read (retry) is abandoned while its first request
+	// waits for the pacer's turn once every caller waiting for it has given
+	// up: gone is then closed. waiters counts them; waiters and abandoned
+	// are guarded by the entry's mu. sent is set when the first request
+	// goes: from then on the read runs to its end, and later callers join
+	// it.
+	gone      chan struct{}
+	waiters   int
+	abandoned bool
+	sent      atomic.Bool
+	st        *state       // the entry's state after the read
+	err       *SecretError // the read's own failure, nil on success
 }
 
 // entryKind tells what an entry caches.

@@ -98,7 +98,8 @@
 //	ExpiryWarning       30d   warn once per version this close to exp
 //	ExpiredRecheck      5m    re-read period of an expired, unrotated secret
 //	RetryBackoff        1s    doubling up to MaxRetryBackoff (2m), with jitter
-//	FetchTimeout        30s   one read of the vault, SDK retries included
+//	FetchTimeout        30s   one read of the vault, SDK retries included, from its first request
+//	MaxReadRate         400   requests a second; below it the Provider paces itself adaptively
 //	PreloadConcurrency  16    parallel reads in Preload
 //	RefreshConcurrency  4     parallel background refreshes
 //

@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -505,17 +506,22 @@ func TestHostile12MaxEntriesUnderConcurrentFlood(t *testing.T) {
 				h12Deliver(h, []byte("["+h12SmallEvent(kvsecrets.EventSecretNewVersionCreated, fmt.Sprintf("s-%d", i), h12Ver)+"]"))
 			},
 		}
-		var wg sync.WaitGroup
+		var wg, flood sync.WaitGroup
 		for g := range 2 * len(ops) {
-			wg.Go(func() {
+			flood.Go(func() {
 				for i := range names / 2 {
 					ops[g%len(ops)]((i*7 + g*131) % names)
 					sample()
 				}
 			})
 		}
+		var flooding atomic.Bool
+		flooding.Store(true)
+		wg.Go(func() { flood.Wait(); flooding.Store(false) })
 		wg.Go(func() {
-			for range 300 {
+			// For 30 s, and as long as the flood lasts (the pacer spreads
+			// its requests over the vault's windows).
+			for i := 0; i < 300 || flooding.Load(); i++ {
 				for _, n := range hot {
 					if _, err := p.Get(ctx, n); err != nil {
 						t.Error(err)

@@ -103,10 +103,33 @@ type Options struct {
 	MaxRetryBackoff time.Duration
 
 	// FetchTimeout bounds one read of the vault, including the SDK's own
-	// retries. Default 30s. Shared reads run on a context of their own,
-	// bounded by this timeout, so that one caller's cancellation does not fail
-	// the others.
+	// retries and, for a caller's first read of a secret, the retries of
+	// a throttled (429) read. Default 30s. It starts when the read's first
+	// request is sent: time spent waiting for the pacer's turn (see
+	// MaxReadRate) counts against the callers' contexts instead. Shared
+	// reads run on a context of their own, bounded by this timeout, so that
+	// one caller's cancellation does not fail the others.
 	FetchTimeout time.Duration
+
+	// MaxReadRate caps the requests a second the Provider sends to its
+	// vault. Default 400, Key Vault's limit for a whole vault (4,000 GETs
+	// per 10 s). Below it, the Provider paces its own requests (reads,
+	// refreshes, key sets; never a cached read) adaptively, so that a
+	// fleet starting at once converges on the vault's rate instead of
+	// hammering it: a new Provider sends 4 requests at once, then 100 a
+	// second, doubling every 10 s while requests queue; a 429 cuts the
+	// rate (to at most what the vault granted in the last 10 s) and
+	// pauses for 10 s or the Retry-After, with jitter; the rate then grows
+	// a little every 10 s without a 429. Stats.ReadRate shows the rate.
+	// Requests waiting for their turn count against their callers'
+	// contexts; FetchTimeout starts when a request is sent.
+	MaxReadRate float64
+
+	// DisablePacing sends every request at once, as before pacing: a
+	// fleet that restarts together then meets Key Vault's throttle with
+	// tens of thousands of 429s (see BENCHMARKS.md). MaxReadRate is then
+	// ignored.
+	DisablePacing bool
 
 	// PreloadConcurrency bounds the reads Preload runs at once. Default 16.
 	PreloadConcurrency int
@@ -198,6 +221,8 @@ type config struct {
 	retryBackoff       time.Duration
 	maxRetryBackoff    time.Duration
 	fetchTimeout       time.Duration
+	maxReadRate        float64
+	noPacing           bool
 	preloadConcurrency int
 	refreshConcurrency int
 	maxEntries         int
@@ -251,6 +276,8 @@ func newConfig(o *Options) (config, error) {
 		retryBackoff:       dur("RetryBackoff", o.RetryBackoff, DefaultRetryBackoff),
 		maxRetryBackoff:    dur("MaxRetryBackoff", o.MaxRetryBackoff, DefaultMaxRetryBackoff),
 		fetchTimeout:       dur("FetchTimeout", o.FetchTimeout, DefaultFetchTimeout),
+		maxReadRate:        o.MaxReadRate,
+		noPacing:           o.DisablePacing,
 		preloadConcurrency: count("PreloadConcurrency", o.PreloadConcurrency, DefaultPreloadConcurrency),
 		refreshConcurrency: count("RefreshConcurrency", o.RefreshConcurrency, DefaultRefreshConcurrency),
 		maxEntries:         count("MaxEntries", o.MaxEntries, DefaultMaxEntries),
@@ -286,6 +313,11 @@ func newConfig(o *Options) (config, error) {
 	if c.refreshAt+c.refreshJitter > 1+1e-9 {
 		errs = append(errs, fmt.Errorf("kvsecrets: Options.RefreshAt (%v) plus %s (%v) exceeds 1, so refreshes could be planned after TTL: "+
 			"set RefreshJitter to at most %.4g, or DisableJitter", c.refreshAt, jitter, c.refreshJitter, 1-c.refreshAt))
+	}
+	if c.maxReadRate == 0 {
+		c.maxReadRate = DefaultMaxReadRate
+	} else if !(c.maxReadRate > 0 && c.maxReadRate <= 1e6) {
+		errs = append(errs, fmt.Errorf("kvsecrets: Options.MaxReadRate must be in (0, 1e6] requests a second, got %v", o.MaxReadRate))
 	}
 	if c.idleTimeout == 0 {
 		c.idleTimeout = DefaultIdleTTLs * c.ttl

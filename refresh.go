@@ -42,7 +42,7 @@ func (p *Provider) startFlight(e *entry, kind int, seen *state) (*flight, *Secre
 func (p *Provider) beginFlight(e *entry, kind int, seen *state, background bool) (*flight, bool, *SecretError) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.flights != nil && e.flights[kind] != nil {
+	if e.flights != nil && e.flights[kind] != nil && !e.flights[kind].abandoned {
 		return e.flights[kind], false, nil
 	}
 	st := e.state.Load()
@@ -55,6 +55,9 @@ func (p *Provider) beginFlight(e *entry, kind int, seen *state, background bool)
 	e.seq++
 	f := &flight{seq: e.seq, background: background, retry: !background && !st.hasValue && e.lastVersion == "",
 		done: make(chan struct{})}
+	if f.retry {
+		f.gone = make(chan struct{})
+	}
 	if e.flights == nil {
 		e.flights = new([numFlights]*flight)
 	}
@@ -123,7 +126,7 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int) {
 		p.refreshes.Add(1)
 	}
 	start := time.Now()
-	got, fetchErr := p.fetch(e, f.retry)
+	got, fetchErr := p.fetch(e, f)
 	st, serr, after := p.apply(e, f.seq, got, fetchErr, false)
 	if log := p.cfg.logger; log.Enabled(p.ctx, slog.LevelDebug) {
 		attrs := []slog.Attr{slog.String("secret", e.name), slog.Duration("took", time.Since(start))}
@@ -135,7 +138,9 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int) {
 		log.LogAttrs(p.ctx, slog.LevelDebug, "kvsecrets: read secret", attrs...)
 	}
 	e.mu.Lock()
-	e.flights[kind] = nil
+	if e.flights[kind] == f { // an abandoned read may have been replaced
+		e.flights[kind] = nil
+	}
 	if *e.flights == ([numFlights]*flight{}) {
 		e.flights = nil
 	}
@@ -158,11 +163,34 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int) {
 	}
 }
 
-// fetch reads e from the vault. It never holds a lock. retry is set for a
-// caller's first read of a secret: see below.
-func (p *Provider) fetch(e *entry, retry bool) (got fetched, err error) {
-	ctx, cancel := context.WithTimeoutCause(p.ctx, p.cfg.fetchTimeout, errFetchTimeout)
-	defer cancel()
+// fetch reads e from the vault for flight f. It never holds a lock. A
+// caller's first read of a secret (f.retry) retries throttling: see below.
+//
+// Each request first waits for its turn in the pacer (pacing.go). That
+// wait is bounded by the callers, not by FetchTimeout: a caller's first
+// read is abandoned once every caller waiting for it has given up (their
+// contexts), and FetchTimeout starts when the first request is sent.
+func (p *Provider) fetch(e *entry, f *flight) (got fetched, err error) {
+	retry := f.retry
+	ctx, cancel := context.WithCancelCause(p.ctx)
+	defer cancel(nil)
+	var timeout *time.Timer
+	start := func() {
+		f.sent.Store(true)
+		if timeout == nil {
+			timeout = time.AfterFunc(p.cfg.fetchTimeout, func() { cancel(errFetchTimeout) })
+		}
+	}
+	if p.pacer == nil {
+		start()
+	} else {
+		ctx = context.WithValue(ctx, pacedReadKey{}, &pacedRead{gone: f.gone, start: start})
+	}
+	defer func() {
+		if timeout != nil {
+			timeout.Stop()
+		}
+	}()
 	defer func() {
 		if r := recover(); r != nil {
 			// The panic value is not logged: it might hold response data.
@@ -172,24 +200,38 @@ func (p *Provider) fetch(e *entry, retry bool) (got fetched, err error) {
 			err = errors.New("kvsecrets: internal error while reading the secret")
 		}
 	}()
+	var last error // the previous attempt's answer
 	for attempt := 1; ; attempt++ {
 		if e.kind == kindVerifier {
 			got, err = p.fetchKeySet(ctx, e)
 		} else {
 			got.sec, err = p.getSecret(ctx, e, e.version())
 		}
-		// A throttled vault (429) is asked again within FetchTimeout when
-		// there is no value to serve meanwhile, after a jittered, growing
-		// pause (1, 2, 4, 8 s…, or the Retry-After), so that a fleet
-		// starting at once spreads its reads over the throttle's windows
-		// instead of failing together. Anything else fails the read after
-		// the SDK's own retries, in seconds: an outage is not waited out
-		// by a caller with nothing to serve. Every other read (a refresh,
-		// a retry after a MaxStale drop) leaves retries to the scheduler,
-		// whose backoff keeps growing.
+		if pe := (*pacingError)(nil); last != nil && errors.As(err, &pe) {
+			// The retry never left the queue: the read's answer is the
+			// throttling that made it wait.
+			err = last
+			break
+		}
+		// A throttled vault (429) is asked again when there is no value
+		// to serve meanwhile, within FetchTimeout of the first request:
+		// with pacing, when the pacer (which paused for the 429) gives
+		// the retry its turn, ahead of the other reads; without, after a
+		// jittered, growing pause (1, 2, 4, 8 s…, or the Retry-After).
+		// Either way a fleet starting at once spreads its reads over the
+		// throttle's windows instead of failing together. Anything else
+		// fails the read after the SDK's own retries, in seconds: an
+		// outage is not waited out by a caller with nothing to serve.
+		// Every other read (a refresh, a retry after a MaxStale drop)
+		// leaves retries to the scheduler, whose backoff keeps growing.
 		wait, again := p.retryThrottled(err, attempt)
 		if !retry || !again {
 			break
+		}
+		last = err
+		if pr, ok := ctx.Value(pacedReadKey{}).(*pacedRead); ok {
+			pr.front = true
+			continue
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -201,7 +243,7 @@ func (p *Provider) fetch(e *entry, retry bool) (got fetched, err error) {
 		break
 	}
 	if err != nil && ctx.Err() != nil {
-		if cause := context.Cause(ctx); cause != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
 			err = errors.Join(cause, err)
 		}
 	}
@@ -224,8 +266,13 @@ func (p *Provider) retryThrottled(err error, attempt int) (time.Duration, bool) 
 
 // getSecret reads one version ("" for the latest) of e's secret.
 func (p *Provider) getSecret(ctx context.Context, e *entry, version string) (Secret, error) {
+	sent, err := p.pace(ctx)
+	if err != nil {
+		return Secret{}, err
+	}
 	p.vaultRequests.Add(1)
 	resp, err := p.client.GetSecret(ctx, e.name, version, nil)
+	sent(err)
 	if err != nil {
 		return Secret{}, err
 	}

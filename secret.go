@@ -155,4 +155,10 @@ type Stats struct {
 	Evictions       uint64 // entries evicted, least recently read first, to stay within Options.MaxEntries
 	IdleDrops       uint64 // entries dropped because nobody read them for Options.IdleTimeout
 	Entries         int    // names, pinned versions and Verify key sets the Provider holds now
+
+	// The pacer's state (see Options.MaxReadRate); zero with
+	// Options.DisablePacing.
+	ReadRate   float64 // requests a second the Provider allows itself to send to its vault now
+	PacedReads uint64  // requests that waited for their turn
+	Throttled  uint64  // requests the vault answered 429
 }

@@ -42,6 +42,7 @@ type Provider struct {
 	wg      sync.WaitGroup // every goroutine the Provider starts
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
+	pacer   *pacer // nil with Options.DisablePacing
 
 	entries                                                         atomic.Int64
 	negativeHits, misses, vaultRequests, refreshes, refreshFailures atomic.Uint64
@@ -86,6 +87,9 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 	p.idx.init()
 	p.ctx, p.cancel = context.WithCancelCause(context.Background())
 	p.sched.init()
+	if !cfg.noPacing {
+		p.pacer = newPacer(cfg.maxReadRate, cfg.noJitter)
+	}
 	p.start = time.Now()
 	p.epoch.Store(1)
 	return p, nil
@@ -225,10 +229,8 @@ func (p *Provider) read(ctx context.Context, e *entry, name string) (*state, err
 	if err != nil {
 		return nil, err.as(name)
 	}
-	select {
-	case <-f.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := p.await(ctx, e, f); err != nil {
+		return nil, err
 	}
 	if f.st.hasValue {
 		return p.serve(f.st, time.Now(), name, e.version(), false)
@@ -513,7 +515,7 @@ func inParallel[T any](ctx context.Context, limit, n int, do func(i int) (T, err
 
 // Stats returns the Provider's counters.
 func (p *Provider) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Hits:            p.hits.load(),
 		NegativeHits:    p.negativeHits.Load(),
 		Misses:          p.misses.Load(),
@@ -533,6 +535,10 @@ func (p *Provider) Stats() Stats {
 		IdleDrops:       p.idleDrops.Load(),
 		Entries:         int(p.entries.Load()),
 	}
+	if pc := p.pacer; pc != nil {
+		st.ReadRate, st.PacedReads, st.Throttled = pc.currentRate(), pc.delayed.Load(), pc.throttled.Load()
+	}
+	return st
 }
 
 // Close stops every background refresh and waits for the Provider's

@@ -254,7 +254,9 @@ func TestPreloadIsParallelAndBounded(t *testing.T) {
 			v.set(n, "value-"+strconv.Itoa(i))
 		}
 		v.latency = 100 * time.Millisecond
-		p := v.newProvider(t, &Options{PreloadConcurrency: 8})
+		// Without pacing, which would spread the first window's requests
+		// (TestPacingLoneStart measures what it costs).
+		p := v.newProvider(t, &Options{PreloadConcurrency: 8, DisablePacing: true})
 		start := time.Now()
 		if err := p.Preload(context.Background(), append(names, "SECRET-0")...); err != nil {
 			t.Fatal(err)

@@ -46,6 +46,14 @@ type Config struct {
 	Spread    time.Duration // Options.EventSpread (with BalancerFan, the fan-out chooses its own)
 	Outage    time.Duration // a full vault outage (every request 503) after the rotation phase
 	Limit     int           // throttle: requests per 10 s (4,000 for Key Vault)
+	NoPacing  bool          // Options.DisablePacing: every instance reads at full concurrency
+	ColdOnly  bool          // stop after the cold start
+}
+
+// Floor is the shortest possible cold start: every instance's every secret
+// read once at the vault's rate.
+func (c Config) Floor() time.Duration {
+	return time.Duration(float64(c.Instances*c.Secrets) / (float64(c.Limit) / 10) * float64(time.Second))
 }
 
 // Result is what the simulation measured.
@@ -57,6 +65,8 @@ type Result struct {
 	FanOutMessages  int64         // messages the fan-out published (BalancerFan)
 	ColdStart       time.Duration // until every instance had every secret
 	ColdErrors      int           // Preload failures seen by the instances during the cold start
+	ColdRequests    int64         // requests during the cold start, challenges included
+	ColdPeakPer10s  int64         // most requests in any 10-second window of the cold start
 	Converge        time.Duration // from the rotation until every instance served every new version
 	CallerErrors    int           // errors returned to callers of cached secrets (rotation, outage, recovery)
 	OutageErrors    int           // of which during the outage
@@ -89,6 +99,7 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 
 	// A monitor samples the vault's counter every second.
 	var perSecond []int64
+	var perSecondMu sync.Mutex
 	stopMon := make(chan struct{})
 	monDone := make(chan struct{})
 	go func() {
@@ -100,7 +111,9 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 			select {
 			case <-t.C:
 				c := vault.Counts().Total
+				perSecondMu.Lock()
 				perSecond = append(perSecond, c-last)
+				perSecondMu.Unlock()
 				last = c
 			case <-stopMon:
 				return
@@ -123,6 +136,7 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 			TTL:           cfg.TTL,
 			DisableJitter: !cfg.Jitter,
 			EventSpread:   cfg.Spread,
+			DisablePacing: cfg.NoPacing,
 			OnRotate: func(ev kvsecrets.RotationEvent) {
 				now := time.Now().UnixNano()
 				if onePhase.Load() {
@@ -163,14 +177,17 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	}
 
 	// Phase 1: the whole fleet starts at once. Each instance preloads its
-	// secrets and, as a service's start-up would, tries again every 5 s
-	// until it has them all.
+	// secrets with a deadline of three times the floor (the issue's
+	// target: such a start-up finishes) and, as a service's start-up
+	// would, tries again every 5 s until it has them all.
 	var coldErrors atomic.Int64
 	var wg sync.WaitGroup
 	for _, p := range providers {
 		wg.Go(func() {
 			for {
-				err := p.Preload(context.Background(), names...)
+				ctx, cancel := context.WithTimeout(context.Background(), 3*cfg.Floor())
+				err := p.Preload(ctx, names...)
+				cancel()
 				if err == nil {
 					return
 				}
@@ -183,7 +200,20 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	res.ColdStart = time.Since(start)
 	res.ColdErrors = int(coldErrors.Load())
 	res.ColdThrottled = vault.Counts().Throttled
-	fmt.Fprintf(log, "  cold start: %v, %d preload failures\n", res.ColdStart.Round(time.Second), res.ColdErrors)
+	res.ColdRequests = vault.Counts().Total
+	time.Sleep(time.Second) // the monitor's last second of it
+	perSecondMu.Lock()
+	res.ColdPeakPer10s = peak(perSecond)
+	perSecondMu.Unlock()
+	fmt.Fprintf(log, "  cold start: %v (floor %v), %d preload failures, %d requests, %d 429s, peak %d / 10 s\n",
+		res.ColdStart.Round(time.Second), cfg.Floor(), res.ColdErrors, res.ColdRequests, res.ColdThrottled, res.ColdPeakPer10s)
+	if cfg.ColdOnly {
+		close(stopMon)
+		<-monDone
+		res.Requests, res.Throttled, res.PeakPer10s = vault.Counts().Total, vault.Counts().Throttled, res.ColdPeakPer10s
+		res.Elapsed = time.Since(start)
+		return res, nil
+	}
 
 	// Callers read every secret of every instance every 10 s from here on.
 	var callerErrors, outageErrors atomic.Int64
@@ -387,4 +417,19 @@ func yes(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// ColdTable formats the cold starts of results as a Markdown table, against
+// the floor.
+func ColdTable(results []Result) string {
+	var b strings.Builder
+	b.WriteString("| instances × secrets | limit / 10 s | pacing | cold start (floor) | × floor | failed preloads | requests | 429s (share) | peak requests / 10 s |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range results {
+		fmt.Fprintf(&b, "| %d × %d | %d | %s | %v (%v) | %.2f | %d | %d | %d (%.1f%%) | %d |\n",
+			r.Instances, r.Secrets, r.Limit, yes(!r.NoPacing), r.ColdStart.Round(time.Second), r.Floor(),
+			float64(r.ColdStart)/float64(r.Floor()), r.ColdErrors, r.ColdRequests, r.ColdThrottled,
+			100*float64(r.ColdThrottled)/float64(max(r.ColdRequests, 1)), r.ColdPeakPer10s)
+	}
+	return b.String()
 }

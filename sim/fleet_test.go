@@ -17,7 +17,30 @@ var (
 	fleetN     = flag.Int("fleet.n", 10, "instances in the simulated fleet (BENCHMARKS.md uses 1000)")
 	fleetM     = flag.Int("fleet.m", 20, "secrets per instance")
 	fleetLimit = flag.Int("fleet.limit", 0, "the vault's limit in requests per 10 s (default: Key Vault's 4,000 for 1,000 × 20, scaled to the fleet)")
+	fleetCold  = flag.Bool("fleet.cold", false, "run the cold start only, with and without pacing")
 )
+
+// TestFleetColdStart runs only the cold start of the whole fleet, with
+// pacing and without (go test ./sim -run TestFleetColdStart -v -fleet.n 300
+// -fleet.limit 4000), and prints its table. It is skipped unless
+// -fleet.cold is given; TestFleet runs the cold start in every scenario.
+func TestFleetColdStart(t *testing.T) {
+	if !*fleetCold {
+		t.Skip("-fleet.cold not set")
+	}
+	var results []Result
+	for _, noPacing := range []bool{false, true} {
+		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: true, Limit: limit(), NoPacing: noPacing, ColdOnly: true}
+		synctest.Test(t, func(t *testing.T) {
+			r, err := Run(cfg, testWriter{t})
+			if err != nil {
+				t.Fatal(err)
+			}
+			results = append(results, r)
+		})
+	}
+	t.Log("\n" + ColdTable(results))
+}
 
 // limit is -fleet.limit, or Key Vault's 4,000 GETs per 10 s scaled from the
 // 20,000 instance-secrets of the full fleet to this one's (at least 20).

@@ -1,0 +1,366 @@
+package kvsecrets
+
+import (
+	"context"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+)
+
+// This file is the pacer: per-Provider adaptive pacing of the Provider's
+// own requests to its vault, so that a fleet of independent instances that
+// starts at once converges on Key Vault's rate (4,000 GETs per 10 s per
+// vault) instead of hammering it. Cached reads never reach it.
+//
+// An instance learns only what its own requests tell it: which succeeded,
+// which were throttled (429), and a Retry-After when the vault sends one
+// (Key Vault often does not). Key Vault counts requests per 10-second
+// window, so the controller reasons in windows:
+//
+//   - Slow start: the first pacingInitialBurst requests go at once, then
+//     pacingInitialRate a second; each window in which requests had to wait
+//     and none was throttled doubles the rate, up to Options.MaxReadRate.
+//   - On a 429 the rate is cut once: to pacingDecrease of itself, and no
+//     higher than what the vault granted this instance in the last window
+//     (its successes over the last 10 s), which is its share of the
+//     vault when the whole fleet is throttled. No request is sent for a
+//     window (or the Retry-After) plus up to a quarter of it at random, so
+//     that the instances throttled together do not come back together.
+//     429s of requests sent before the cut are not cut for again.
+//   - Afterwards each window in which requests waited and none was
+//     throttled adds max(pacingIncrease, rate/32) reads a second.
+//
+// Requests wait in one queue, first come first served; a retry after a
+// 429 goes first. The pacer has no goroutine: the head of the queue waits
+// on a timer for its turn.
+
+// The pacer's parameters (see above).
+const (
+	pacingWindow       = 10 * time.Second // Key Vault's throttling window
+	pacingInitialBurst = 4                // requests sent at once by a new Provider
+	pacingInitialRate  = 100.0            // requests a second in the first window
+	pacingMinRate      = 0.05             // requests a second: the rate is never cut below one per 20 s
+	pacingIncrease     = 0.025            // requests a second added per window: a quarter of a request per window
+	pacingDecrease     = 0.85             // the factor of a cut
+	pacingPauseJitter  = 0.25             // a pause lasts up to this fraction longer, at random
+	// DefaultMaxReadRate is the default of Options.MaxReadRate: Key Vault's
+	// limit for a whole vault, 4,000 GETs per 10 s.
+	DefaultMaxReadRate = 400.0
+)
+
+// errPacingAbandoned ends a wait in the pacer when nobody waits for the
+// read any more.
+var errPacingAbandoned = errors.New("kvsecrets: read abandoned while waiting for its turn: every caller gave up")
+
+// pacingError is a read that ended while waiting for its turn, without
+// being sent.
+type pacingError struct{ cause error }
+
+func (e *pacingError) Error() string { return e.cause.Error() }
+func (e *pacingError) Unwrap() error { return e.cause }
+
+// pacer paces one Provider's requests to its vault. Its methods are safe
+// for concurrent use; every field below mu is guarded by it.
+type pacer struct {
+	maxRate  float64
+	noJitter bool
+
+	delayed   atomic.Uint64 // requests that waited for their turn
+	throttled atomic.Uint64 // 429s heard
+
+	mu        sync.Mutex
+	started   bool      // the first request has asked for a turn
+	rate      float64   // requests a second
+	slowStart bool      // no 429 heard yet: the rate doubles per window
+	tokens    float64   // requests that may go now
+	refilled  time.Time // tokens are counted up to here
+	pausedTil time.Time // no request goes before
+	epoch     uint64    // cuts so far: a 429 of a request sent before the last cut is not cut for again
+	winStart  time.Time // the window being counted
+	winWaited bool      // a request waited for its turn in it
+	win429    bool      // a 429 was heard in it
+	queue     []*pacerTicket
+	// successes per second of the last window, for what the vault
+	// granted: succ[i] counts the second succAt[i] (Unix seconds).
+	succ   [10]int32
+	succAt [10]int64
+}
+
+type pacerTicket struct{ turn chan struct{} }
+
+func (t *pacerTicket) poke() {
+	select {
+	case t.turn <- struct{}{}:
+	default:
+	}
+}
+
+func newPacer(maxRate float64, noJitter bool) *pacer {
+	return &pacer{maxRate: maxRate, noJitter: noJitter, rate: min(pacingInitialRate, maxRate), slowStart: true}
+}
+
+// acquire waits for a request's turn. It returns at once while the
+// Provider is within its rate; otherwise it waits in the queue (at its
+// head if front) until its turn, ctx ends or gone closes. It returns the
+// pacer's epoch, for done.
+func (pc *pacer) acquire(ctx context.Context, gone <-chan struct{}, front bool) (uint64, error) {
+	pc.mu.Lock()
+	now := time.Now()
+	pc.advance(now)
+	if len(pc.queue) == 0 && pc.waitLocked(now) <= 0 {
+		pc.tokens--
+		ep := pc.epoch
+		pc.mu.Unlock()
+		return ep, nil
+	}
+	if err := context.Cause(ctx); err != nil {
+		pc.mu.Unlock()
+		return 0, &pacingError{err}
+	}
+	pc.delayed.Add(1)
+	pc.winWaited = true
+	t := &pacerTicket{turn: make(chan struct{}, 1)}
+	if front {
+		pc.queue = slices.Insert(pc.queue, 0, t)
+	} else {
+		pc.queue = append(pc.queue, t)
+	}
+	pc.queue[0].poke()
+	pc.mu.Unlock()
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-t.turn:
+		case <-timer.C:
+		case <-ctx.Done():
+			pc.leave(t)
+			return 0, &pacingError{context.Cause(ctx)}
+		case <-gone:
+			pc.leave(t)
+			return 0, &pacingError{errPacingAbandoned}
+		}
+		pc.mu.Lock()
+		now = time.Now()
+		pc.advance(now)
+		if pc.queue[0] != t {
+			pc.mu.Unlock()
+			timer.Stop()
+			continue // a retry went first: wait to be the head again
+		}
+		wait := pc.waitLocked(now)
+		if wait <= 0 {
+			pc.tokens--
+			pc.queue[0] = nil
+			pc.queue = pc.queue[1:]
+			if len(pc.queue) > 0 {
+				pc.queue[0].poke()
+			} else {
+				pc.queue = nil
+			}
+			ep := pc.epoch
+			pc.mu.Unlock()
+			return ep, nil
+		}
+		pc.mu.Unlock()
+		timer.Reset(wait)
+	}
+}
+
+// leave takes t out of the queue, handing the head's turn on.
+func (pc *pacer) leave(t *pacerTicket) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	i := slices.Index(pc.queue, t)
+	if i < 0 {
+		return
+	}
+	pc.queue = slices.Delete(pc.queue, i, i+1)
+	if i == 0 && len(pc.queue) > 0 {
+		pc.queue[0].poke()
+	}
+}
+
+// waitLocked returns how long the head of the queue must still wait: for
+// the end of a pause and for a whole token.
+func (pc *pacer) waitLocked(now time.Time) time.Duration {
+	w := pc.pausedTil.Sub(now)
+	if pc.tokens < 1 {
+		from := now
+		if pc.refilled.After(now) {
+			from = pc.refilled
+		}
+		need := time.Duration(math.Ceil((1 - pc.tokens) / pc.rate * float64(time.Second)))
+		w = max(w, from.Add(need).Sub(now))
+	}
+	return max(w, 0)
+}
+
+// advance brings tokens and the window up to now. mu is held.
+func (pc *pacer) advance(now time.Time) {
+	if !pc.started {
+		pc.started = true
+		pc.tokens, pc.refilled, pc.winStart = pacingInitialBurst, now, now
+	}
+	if now.Sub(pc.winStart) >= pacingWindow {
+		// The window is over: a window in which requests waited and
+		// none was throttled makes the rate grow.
+		if pc.winWaited && !pc.win429 {
+			if pc.slowStart {
+				pc.rate *= 2
+			} else {
+				pc.rate += max(pacingIncrease, pc.rate/32)
+			}
+			pc.rate = min(pc.rate, pc.maxRate)
+		}
+		pc.winStart, pc.win429 = now, false
+		pc.winWaited = len(pc.queue) > 0
+	}
+	if d := now.Sub(pc.refilled); d > 0 {
+		pc.tokens = min(pc.tokens+pc.rate*d.Seconds(), max(pc.rate*pacingWindow.Seconds(), 1))
+		pc.refilled = now
+	}
+}
+
+// done tells the pacer how a request sent in epoch ended: a success adds to
+// what the vault granted, a 429 cuts the rate and pauses (once per cut).
+// Other failures say nothing about the rate.
+func (pc *pacer) done(epoch uint64, err error) {
+	now := time.Now()
+	var re *azcore.ResponseError
+	if err != nil && !(errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests) {
+		return
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	pc.advance(now)
+	if err == nil {
+		sec := now.Unix()
+		i := sec % int64(len(pc.succ))
+		if pc.succAt[i] != sec {
+			pc.succAt[i], pc.succ[i] = sec, 0
+		}
+		pc.succ[i]++
+		return
+	}
+	pc.throttled.Add(1)
+	pc.win429 = true
+	if epoch != pc.epoch {
+		return // sent before the last cut, which answered it
+	}
+	pc.epoch++
+	pc.slowStart = false
+	granted := float64(max(pc.grantedLocked(now), 1)) / pacingWindow.Seconds()
+	pc.rate = min(max(min(pc.rate*pacingDecrease, granted), pacingMinRate), pc.maxRate)
+	pause := pacingWindow
+	if ra := retryAfter(re.RawResponse); ra > 0 {
+		pause = min(ra, maxRetryAfter)
+	}
+	if !pc.noJitter {
+		pause += rand.N(time.Duration(float64(pause)*pacingPauseJitter) + 1)
+	}
+	if until := now.Add(pause); until.After(pc.pausedTil) {
+		pc.pausedTil = until
+	}
+	// One request may go when the pause ends; tokens count from there.
+	pc.tokens, pc.refilled = 1, pc.pausedTil
+	if len(pc.queue) > 0 {
+		pc.queue[0].poke()
+	}
+}
+
+// grantedLocked counts the successes of the last window.
+func (pc *pacer) grantedLocked(now time.Time) int {
+	sec, n := now.Unix(), 0
+	for i, at := range pc.succAt {
+		if at > sec-int64(len(pc.succ)) && at <= sec {
+			n += int(pc.succ[i])
+		}
+	}
+	return n
+}
+
+// currentRate returns the rate, in requests a second.
+func (pc *pacer) currentRate() float64 {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.rate
+}
+
+// pacedReadKey carries a read's *pacedRead in its context.
+type pacedReadKey struct{}
+
+// pacedRead is what the pacer's hooks need to know of the read a request
+// belongs to.
+type pacedRead struct {
+	gone  <-chan struct{} // closed once nobody waits for the read; nil: never
+	start func()          // starts FetchTimeout, at the first request sent
+	front bool            // the next request is a retry after a 429: it goes first
+}
+
+// pace waits for the turn of a request made on ctx, and returns a
+// function to call with the request's outcome. Without a pacer it returns
+// at once.
+func (p *Provider) pace(ctx context.Context) (func(error), error) {
+	pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead)
+	if p.pacer == nil {
+		return func(error) {}, nil
+	}
+	var gone <-chan struct{}
+	front := false
+	if pr != nil {
+		gone, front = pr.gone, pr.front
+		pr.front = false
+	}
+	epoch, err := p.pacer.acquire(ctx, gone, front)
+	if err != nil {
+		return nil, err
+	}
+	if pr != nil {
+		pr.gone = nil // sent: the read runs to its end
+		if pr.start != nil {
+			pr.start()
+		}
+	}
+	return func(err error) { p.pacer.done(epoch, err) }, nil
+}
+
+// await waits until flight f of e is done or ctx ends. The last caller to
+// give up on a caller's first read whose request still waits for its turn
+// abandons it, so that reads nobody waits for do not hold the queue; a
+// later caller starts a new one.
+func (p *Provider) await(ctx context.Context, e *entry, f *flight) error {
+	if f.gone == nil {
+		select {
+		case <-f.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	e.mu.Lock()
+	f.waiters++
+	e.mu.Unlock()
+	select {
+	case <-f.done:
+		return nil
+	case <-ctx.Done():
+	}
+	e.mu.Lock()
+	f.waiters--
+	if f.waiters == 0 && !f.abandoned && !f.sent.Load() {
+		f.abandoned = true
+		close(f.gone)
+	}
+	e.mu.Unlock()
+	return ctx.Err()
+}
