@@ -1,6 +1,7 @@
 package kvsecrets
 
 import (
+	"context"
 	"maps"
 	"math"
 	"slices"
@@ -207,7 +208,9 @@ type flight struct {
 	// are guarded by the entry's mu. sent is set when the first request
 	// goes: from then on the read runs to its end, and later callers join
 	// it.
-	gone      chan struct{}
+	gone      <-chan struct{} // goneCtx.Done()
+	goneCtx   context.Context
+	abandon   context.CancelFunc
 	waiters   int
 	abandoned bool
 	sent      atomic.Bool

@@ -131,6 +131,15 @@ type Options struct {
 	// ignored.
 	DisablePacing bool
 
+	// Limiter, if set, shares a vault's request rate among the Providers
+	// of a fleet: before each request to the vault (after the pacer's
+	// turn), the Provider waits in Limiter.Wait, so that the whole fleet
+	// stays under one budget instead of each instance finding the
+	// throttle on its own. redisfanout.NewLimiter is one, a token bucket
+	// per vault in Redis. A Limiter that fails lets requests go, paced by
+	// this Provider alone (Stats.LimiterFailures counts them).
+	Limiter Limiter
+
 	// PreloadConcurrency bounds the reads Preload runs at once. Default 16.
 	PreloadConcurrency int
 
@@ -223,6 +232,7 @@ type config struct {
 	fetchTimeout       time.Duration
 	maxReadRate        float64
 	noPacing           bool
+	limiter            Limiter
 	preloadConcurrency int
 	refreshConcurrency int
 	maxEntries         int
@@ -278,6 +288,7 @@ func newConfig(o *Options) (config, error) {
 		fetchTimeout:       dur("FetchTimeout", o.FetchTimeout, DefaultFetchTimeout),
 		maxReadRate:        o.MaxReadRate,
 		noPacing:           o.DisablePacing,
+		limiter:            o.Limiter,
 		preloadConcurrency: count("PreloadConcurrency", o.PreloadConcurrency, DefaultPreloadConcurrency),
 		refreshConcurrency: count("RefreshConcurrency", o.RefreshConcurrency, DefaultRefreshConcurrency),
 		maxEntries:         count("MaxEntries", o.MaxEntries, DefaultMaxEntries),

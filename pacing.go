@@ -3,6 +3,7 @@ package kvsecrets
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -54,6 +55,21 @@ const (
 	// limit for a whole vault, 4,000 GETs per 10 s.
 	DefaultMaxReadRate = 400.0
 )
+
+// A Limiter shares a vault's request rate among many Providers, usually
+// the instances of a fleet, through a store they all reach (see
+// Options.Limiter; redisfanout.Limiter keeps a token bucket per vault in
+// Redis). It must be safe for concurrent use.
+type Limiter interface {
+	// Wait returns nil when one request to vault (the vault's host, such
+	// as "myvault.vault.azure.net") may be sent, waiting for its turn
+	// first if the budget is spent. It returns ctx's error if ctx ends
+	// first. Any other error means the Limiter cannot answer (its store is
+	// unreachable, say); the Provider then sends the request paced only
+	// by itself. Wait should fail fast while its store is down: the
+	// Provider calls it before every request.
+	Wait(ctx context.Context, vault string) error
+}
 
 // errPacingAbandoned ends a wait in the pacer when nobody waits for the
 // read any more.
@@ -303,26 +319,33 @@ type pacedReadKey struct{}
 // belongs to.
 type pacedRead struct {
 	gone  <-chan struct{} // closed once nobody waits for the read; nil: never
+	wait  context.Context // ends when nobody waits for the read or the Provider closes
 	start func()          // starts FetchTimeout, at the first request sent
 	front bool            // the next request is a retry after a 429: it goes first
 }
 
-// pace waits for the turn of a request made on ctx, and returns a
-// function to call with the request's outcome. Without a pacer it returns
-// at once.
+// pace waits for the turn of a request made on ctx, first in the pacer,
+// then in Options.Limiter, and returns a function to call with the
+// request's outcome. Without either it returns at once.
 func (p *Provider) pace(ctx context.Context) (func(error), error) {
 	pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead)
-	if p.pacer == nil {
+	if p.pacer == nil && p.cfg.limiter == nil {
 		return func(error) {}, nil
 	}
 	var gone <-chan struct{}
-	front := false
+	front, wait := false, ctx
 	if pr != nil {
-		gone, front = pr.gone, pr.front
+		gone, front, wait = pr.gone, pr.front, pr.wait
 		pr.front = false
 	}
-	epoch, err := p.pacer.acquire(ctx, gone, front)
-	if err != nil {
+	var epoch uint64
+	if p.pacer != nil {
+		var err error
+		if epoch, err = p.pacer.acquire(ctx, gone, front); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.limit(wait); err != nil {
 		return nil, err
 	}
 	if pr != nil {
@@ -331,7 +354,41 @@ func (p *Provider) pace(ctx context.Context) (func(error), error) {
 			pr.start()
 		}
 	}
+	if p.pacer == nil {
+		return func(error) {}, nil
+	}
 	return func(err error) { p.pacer.done(epoch, err) }, nil
+}
+
+// limit waits for Options.Limiter's turn, if there is a Limiter. A
+// Limiter that fails (its store unreachable) lets the request go: the
+// pacer, which the request has passed, is the fallback. The failure is
+// counted and logged at most once a minute; the Limiter's error is not
+// wrapped into the read's, since it says nothing about the secret.
+func (p *Provider) limit(wait context.Context) error {
+	l := p.cfg.limiter
+	if l == nil {
+		return nil
+	}
+	err := l.Wait(wait, p.host)
+	if err == nil {
+		p.limited.Add(1)
+		return nil
+	}
+	if cause := context.Cause(wait); cause != nil {
+		if errors.Is(cause, context.Canceled) && wait.Err() != nil && p.ctx.Err() == nil {
+			cause = errPacingAbandoned
+		}
+		return &pacingError{cause}
+	}
+	p.limiterFailures.Add(1)
+	now := time.Now().UnixNano()
+	last := p.limiterLog.Load()
+	if now-last >= int64(time.Minute) && p.limiterLog.CompareAndSwap(last, now) {
+		p.cfg.logger.Warn("kvsecrets: the shared Limiter failed; pacing this Provider's requests by itself",
+			slog.String("vault", p.host), slog.String("error", err.Error()))
+	}
+	return nil
 }
 
 // await waits until flight f of e is done or ctx ends. The last caller to
@@ -359,7 +416,7 @@ func (p *Provider) await(ctx context.Context, e *entry, f *flight) error {
 	f.waiters--
 	if f.waiters == 0 && !f.abandoned && !f.sent.Load() {
 		f.abandoned = true
-		close(f.gone)
+		f.abandon()
 	}
 	e.mu.Unlock()
 	return ctx.Err()

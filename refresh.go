@@ -56,7 +56,8 @@ func (p *Provider) beginFlight(e *entry, kind int, seen *state, background bool)
 	f := &flight{seq: e.seq, background: background, retry: !background && !st.hasValue && e.lastVersion == "",
 		done: make(chan struct{})}
 	if f.retry {
-		f.gone = make(chan struct{})
+		f.goneCtx, f.abandon = context.WithCancel(p.ctx)
+		f.gone = f.goneCtx.Done()
 	}
 	if e.flights == nil {
 		e.flights = new([numFlights]*flight)
@@ -157,6 +158,9 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int) {
 		p.startFlight(e, flightForced, nil)
 	}
 	p.drainRotations(e)
+	if f.abandon != nil {
+		f.abandon() // releases goneCtx; the read is over
+	}
 	close(f.done)
 	if f.background {
 		p.release()
@@ -181,10 +185,14 @@ func (p *Provider) fetch(e *entry, f *flight) (got fetched, err error) {
 			timeout = time.AfterFunc(p.cfg.fetchTimeout, func() { cancel(errFetchTimeout) })
 		}
 	}
-	if p.pacer == nil {
+	if p.pacer == nil && p.cfg.limiter == nil {
 		start()
 	} else {
-		ctx = context.WithValue(ctx, pacedReadKey{}, &pacedRead{gone: f.gone, start: start})
+		wait := ctx // what bounds a request's wait for its turn
+		if f.goneCtx != nil {
+			wait = f.goneCtx
+		}
+		ctx = context.WithValue(ctx, pacedReadKey{}, &pacedRead{gone: f.gone, wait: wait, start: start})
 	}
 	defer func() {
 		if timeout != nil {

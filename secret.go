@@ -161,4 +161,9 @@ type Stats struct {
 	ReadRate   float64 // requests a second the Provider allows itself to send to its vault now
 	PacedReads uint64  // requests that waited for their turn
 	Throttled  uint64  // requests the vault answered 429
+
+	// Options.Limiter's answers: requests it gave a turn, and requests
+	// sent without one because it failed. Zero without a Limiter.
+	LimitedReads    uint64
+	LimiterFailures uint64
 }

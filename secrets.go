@@ -44,6 +44,9 @@ type Provider struct {
 	cancel  context.CancelCauseFunc
 	pacer   *pacer // nil with Options.DisablePacing
 
+	limited, limiterFailures atomic.Uint64 // Options.Limiter's answers: turns given, failures
+	limiterLog               atomic.Int64  // Unix nanoseconds of the last log of a Limiter failure
+
 	entries                                                         atomic.Int64
 	negativeHits, misses, vaultRequests, refreshes, refreshFailures atomic.Uint64
 	staleServes, rotations, revocations, staleDrops, writes         atomic.Uint64
@@ -535,6 +538,7 @@ func (p *Provider) Stats() Stats {
 		IdleDrops:       p.idleDrops.Load(),
 		Entries:         int(p.entries.Load()),
 	}
+	st.LimitedReads, st.LimiterFailures = p.limited.Load(), p.limiterFailures.Load()
 	if pc := p.pacer; pc != nil {
 		st.ReadRate, st.PacedReads, st.Throttled = pc.currentRate(), pc.delayed.Load(), pc.throttled.Load()
 	}
