@@ -116,11 +116,15 @@ type Options struct {
 	// per 10 s). Below it, the Provider paces its own requests (reads,
 	// refreshes, key sets; never a cached read) adaptively, so that a
 	// fleet starting at once converges on the vault's rate instead of
-	// hammering it: a new Provider sends 4 requests at once, then 100 a
-	// second, doubling every 10 s while requests queue; a 429 cuts the
-	// rate (to at most what the vault granted in the last 10 s) and
-	// pauses for 10 s or the Retry-After, with jitter; the rate then grows
-	// a little every 10 s without a 429. Stats.ReadRate shows the rate.
+	// hammering it: a new Provider sends one request (which meets the
+	// authentication challenge), then 3 at once, then 100 a second,
+	// doubling every 10 s while requests queue; a 429 cuts the rate (to
+	// at most what the vault granted in the last 10 s, if the pacer was
+	// holding requests back) and pauses for 10 s or the Retry-After, with
+	// jitter; the rate then grows by an eighth every 10 s in which
+	// requests queued without a 429, and returns to 100 a second after a
+	// minute without queueing or throttling. Stats.ReadRate shows the
+	// rate.
 	// Requests waiting for their turn count against their callers'
 	// contexts; FetchTimeout starts when a request is sent.
 	MaxReadRate float64
@@ -137,7 +141,9 @@ type Options struct {
 	// stays under one budget instead of each instance finding the
 	// throttle on its own. redisfanout.NewLimiter is one, a token bucket
 	// per vault in Redis. A Limiter that fails lets requests go, paced by
-	// this Provider alone (Stats.LimiterFailures counts them).
+	// this Provider alone (Stats.LimiterFailures counts them). The
+	// Provider's first request takes two turns: it meets the vault's
+	// authentication challenge, two requests for one.
 	Limiter Limiter
 
 	// PreloadConcurrency bounds the reads Preload runs at once. Default 16.

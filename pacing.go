@@ -25,18 +25,27 @@ import (
 // (Key Vault often does not). Key Vault counts requests per 10-second
 // window, so the controller reasons in windows:
 //
-//   - Slow start: the first pacingInitialBurst requests go at once, then
+//   - Slow start: the first request goes alone (it meets the vault's
+//     authentication challenge, which requests beside it would each meet
+//     again); once it is answered the rest of the first pacingInitialBurst
+//     requests go at once, then
 //     pacingInitialRate a second; each window in which requests had to wait
 //     and none was throttled doubles the rate, up to Options.MaxReadRate.
-//   - On a 429 the rate is cut once: to pacingDecrease of itself, and no
-//     higher than what the vault granted this instance in the last window
-//     (its successes over the last 10 s), which is its share of the
-//     vault when the whole fleet is throttled. No request is sent for a
+//   - On a 429 the rate is cut once: to pacingDecrease of itself and, if
+//     the pacer held requests back in the last two windows, no higher than
+//     what the vault granted this instance in the last window (its
+//     successes over the last 10 s), which is its share of the vault when
+//     the whole fleet is throttled. No request is sent for a
 //     window (or the Retry-After) plus up to a quarter of it at random, so
 //     that the instances throttled together do not come back together.
 //     429s of requests sent before the cut are not cut for again.
 //   - Afterwards each window in which requests waited and none was
-//     throttled adds max(pacingIncrease, rate/32) reads a second.
+//     throttled adds max(pacingIncrease, rate/8) reads a second: an eighth
+//     per window, so that capacity left by instances that have finished
+//     is taken up within a few windows.
+//   - After pacingQuiet windows in which nothing waited and nothing was
+//     throttled, a rate cut below pacingInitialRate returns to it, in slow
+//     start: the throttling it was cut for is over.
 //
 // Requests wait in one queue, first come first served; a retry after a
 // 429 goes first. The pacer has no goroutine: the head of the queue waits
@@ -51,6 +60,7 @@ const (
 	pacingIncrease     = 0.025            // requests a second added per window: a quarter of a request per window
 	pacingDecrease     = 0.85             // the factor of a cut
 	pacingPauseJitter  = 0.25             // a pause lasts up to this fraction longer, at random
+	pacingQuiet        = 6                // windows without waiting or throttling after which the rate recovers
 	// DefaultMaxReadRate is the default of Options.MaxReadRate: Key Vault's
 	// limit for a whole vault, 4,000 GETs per 10 s.
 	DefaultMaxReadRate = 400.0
@@ -61,14 +71,15 @@ const (
 // Options.Limiter; redisfanout.Limiter keeps a token bucket per vault in
 // Redis). It must be safe for concurrent use.
 type Limiter interface {
-	// Wait returns nil when one request to vault (the vault's host, such
-	// as "myvault.vault.azure.net") may be sent, waiting for its turn
-	// first if the budget is spent. It returns ctx's error if ctx ends
-	// first. Any other error means the Limiter cannot answer (its store is
-	// unreachable, say); the Provider then sends the request paced only
-	// by itself. Wait should fail fast while its store is down: the
-	// Provider calls it before every request.
-	Wait(ctx context.Context, vault string) error
+	// Wait returns nil when n requests (1, or 2 for a Provider's first,
+	// which meets the vault's authentication challenge) to vault (the
+	// vault's host, such as "myvault.vault.azure.net") may be sent,
+	// waiting for their turn first if the budget is spent. It returns
+	// ctx's error if ctx ends first. Any other error means the Limiter
+	// cannot answer (its store is unreachable, say); the Provider then
+	// sends the request paced only by itself. Wait should fail fast while
+	// its store is down: the Provider calls it before every request.
+	Wait(ctx context.Context, vault string, n int) error
 }
 
 // errPacingAbandoned ends a wait in the pacer when nobody waits for the
@@ -93,6 +104,7 @@ type pacer struct {
 
 	mu        sync.Mutex
 	started   bool      // the first request has asked for a turn
+	probing   bool      // the first request is out, unanswered: the others wait for it
 	rate      float64   // requests a second
 	slowStart bool      // no 429 heard yet: the rate doubles per window
 	tokens    float64   // requests that may go now
@@ -101,6 +113,8 @@ type pacer struct {
 	epoch     uint64    // cuts so far: a 429 of a request sent before the last cut is not cut for again
 	winStart  time.Time // the window being counted
 	winWaited bool      // a request waited for its turn in it
+	busy      bool      // requests waited in the last window: the pacer, not demand, set the pace
+	quiet     int       // windows in a row in which nothing waited and nothing was throttled
 	win429    bool      // a 429 was heard in it
 	queue     []*pacerTicket
 	// successes per second of the last window, for what the vault
@@ -210,6 +224,9 @@ func (pc *pacer) leave(t *pacerTicket) {
 // the end of a pause and for a whole token.
 func (pc *pacer) waitLocked(now time.Time) time.Duration {
 	w := pc.pausedTil.Sub(now)
+	if pc.probing && pc.tokens < 1 {
+		return max(pc.winStart.Add(pacingWindow).Sub(now), 0) // or the first answer, which pokes the queue
+	}
 	if pc.tokens < 1 {
 		from := now
 		if pc.refilled.After(now) {
@@ -225,7 +242,20 @@ func (pc *pacer) waitLocked(now time.Time) time.Duration {
 func (pc *pacer) advance(now time.Time) {
 	if !pc.started {
 		pc.started = true
-		pc.tokens, pc.refilled, pc.winStart = pacingInitialBurst, now, now
+		// The first request goes alone: it meets the vault's
+		// authentication challenge and learns the token, which requests
+		// sent beside it would each meet again (one 401 apiece). The
+		// rest of the burst follows its answer.
+		pc.tokens, pc.refilled, pc.winStart, pc.probing = 1, now, now, true
+	}
+	if pc.probing {
+		if now.Sub(pc.winStart) < pacingWindow {
+			pc.refilled = now
+		} else {
+			// No answer in a window (a hung first request): the others go on.
+			pc.probing = false
+			pc.tokens += pacingInitialBurst - 1
+		}
 	}
 	if now.Sub(pc.winStart) >= pacingWindow {
 		// The window is over: a window in which requests waited and
@@ -234,10 +264,21 @@ func (pc *pacer) advance(now time.Time) {
 			if pc.slowStart {
 				pc.rate *= 2
 			} else {
-				pc.rate += max(pacingIncrease, pc.rate/32)
+				pc.rate += max(pacingIncrease, pc.rate/8)
 			}
 			pc.rate = min(pc.rate, pc.maxRate)
 		}
+		// Windows that needed no pacing at all mean the throttling the
+		// rate was cut for is over: after pacingQuiet of them the rate
+		// is back to at least a new Provider's, in slow start, so that a
+		// burst of reads long after a cold start (a rotation, NotifyAll)
+		// is not held to the share of a crowded start-up.
+		if pc.winWaited || pc.win429 {
+			pc.quiet = 0
+		} else if pc.quiet++; pc.quiet >= pacingQuiet && pc.rate < pacingInitialRate {
+			pc.rate, pc.slowStart = min(pacingInitialRate, pc.maxRate), true
+		}
+		pc.busy = pc.winWaited
 		pc.winStart, pc.win429 = now, false
 		pc.winWaited = len(pc.queue) > 0
 	}
@@ -252,12 +293,20 @@ func (pc *pacer) advance(now time.Time) {
 // Other failures say nothing about the rate.
 func (pc *pacer) done(epoch uint64, err error) {
 	now := time.Now()
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.probing {
+		// The first answer, whatever it is, lets the burst go.
+		pc.probing = false
+		pc.tokens, pc.refilled = pc.tokens+pacingInitialBurst-1, now
+		if len(pc.queue) > 0 {
+			pc.queue[0].poke()
+		}
+	}
 	var re *azcore.ResponseError
 	if err != nil && !(errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests) {
 		return
 	}
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
 	pc.advance(now)
 	if err == nil {
 		sec := now.Unix()
@@ -275,8 +324,15 @@ func (pc *pacer) done(epoch uint64, err error) {
 	}
 	pc.epoch++
 	pc.slowStart = false
-	granted := float64(max(pc.grantedLocked(now), 1)) / pacingWindow.Seconds()
-	pc.rate = min(max(min(pc.rate*pacingDecrease, granted), pacingMinRate), pc.maxRate)
+	pc.quiet = 0
+	rate := pc.rate * pacingDecrease
+	if pc.busy || pc.winWaited {
+		// The pacer set the pace: what the vault granted is this
+		// Provider's share of it. (Otherwise the successes only show
+		// how little it asked for.)
+		rate = min(rate, float64(max(pc.grantedLocked(now), 1))/pacingWindow.Seconds())
+	}
+	pc.rate = min(max(rate, pacingMinRate), pc.maxRate)
 	pause := pacingWindow
 	if ra := retryAfter(re.RawResponse); ra > 0 {
 		pause = min(ra, maxRetryAfter)
@@ -342,10 +398,16 @@ func (p *Provider) pace(ctx context.Context) (func(error), error) {
 	if p.pacer != nil {
 		var err error
 		if epoch, err = p.pacer.acquire(ctx, gone, front); err != nil {
+			if cause := context.Cause(p.ctx); cause != nil {
+				err = &pacingError{cause} // Close ends gone too, maybe first
+			}
 			return nil, err
 		}
 	}
 	if err := p.limit(wait); err != nil {
+		if p.pacer != nil {
+			p.pacer.done(epoch, err) // not sent: only ends a probe
+		}
 		return nil, err
 	}
 	if pr != nil {
@@ -370,14 +432,27 @@ func (p *Provider) limit(wait context.Context) error {
 	if l == nil {
 		return nil
 	}
-	err := l.Wait(wait, p.host)
+	// The Provider's first request meets the vault's authentication
+	// challenge: two requests reach the vault, so it takes two turns, at
+	// once.
+	n := 1
+	first := p.challenged.CompareAndSwap(false, true)
+	if first {
+		n = 2
+	}
+	err := l.Wait(wait, p.host, n)
+	if err != nil && first {
+		p.challenged.Store(false) // the next request meets the challenge
+	}
 	if err == nil {
 		p.limited.Add(1)
 		return nil
 	}
 	if cause := context.Cause(wait); cause != nil {
-		if errors.Is(cause, context.Canceled) && wait.Err() != nil && p.ctx.Err() == nil {
-			cause = errPacingAbandoned
+		if c := context.Cause(p.ctx); c != nil {
+			cause = c // closed
+		} else if errors.Is(cause, context.Canceled) {
+			cause = errPacingAbandoned // every caller gave up (goneCtx)
 		}
 		return &pacingError{cause}
 	}

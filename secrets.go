@@ -46,6 +46,7 @@ type Provider struct {
 
 	limited, limiterFailures atomic.Uint64 // Options.Limiter's answers: turns given, failures
 	limiterLog               atomic.Int64  // Unix nanoseconds of the last log of a Limiter failure
+	challenged               atomic.Bool   // the first request, which meets the challenge, took its two turns
 
 	entries                                                         atomic.Int64
 	negativeHits, misses, vaultRequests, refreshes, refreshFailures atomic.Uint64

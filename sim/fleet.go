@@ -47,6 +47,7 @@ type Config struct {
 	Outage    time.Duration // a full vault outage (every request 503) after the rotation phase
 	Limit     int           // throttle: requests per 10 s (4,000 for Key Vault)
 	NoPacing  bool          // Options.DisablePacing: every instance reads at full concurrency
+	Shared    bool          // Options.Limiter: the fleet shares one budget of Limit per 10 s (redisfanout.Limiter's rule, in process)
 	ColdOnly  bool          // stop after the cold start
 }
 
@@ -130,6 +131,10 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 	// The fan-out spreads the fleet's refreshes to three quarters of the
 	// vault's rate: 300 reads a second for Key Vault's 4,000 per 10 s.
 	fan := &fanOut{providers: providers, published: map[string]bool{}, rate: 0.75 * float64(cfg.Limit) / 10}
+	var limiter kvsecrets.Limiter
+	if cfg.Shared {
+		limiter = newSharedLimiter(cfg.Limit, 10*time.Second)
+	}
 	for i := range providers {
 		p, err := kvsecrets.NewProvider(vault.URL(), vault.Credential(), &kvsecrets.Options{
 			ClientOptions: vault.ClientOptions(),
@@ -137,6 +142,7 @@ func Run(cfg Config, log io.Writer) (Result, error) {
 			DisableJitter: !cfg.Jitter,
 			EventSpread:   cfg.Spread,
 			DisablePacing: cfg.NoPacing,
+			Limiter:       limiter,
 			OnRotate: func(ev kvsecrets.RotationEvent) {
 				now := time.Now().UnixNano()
 				if onePhase.Load() {
@@ -380,6 +386,47 @@ func (f *fanOut) publish(from int, ev kvsecrets.RotationEvent) {
 	}()
 }
 
+// sharedLimiter stands in for redisfanout.Limiter in process: one token
+// bucket for the fleet, kept by the generic cell rate algorithm (GCRA) as
+// the Lua script in Redis keeps it, at limit requests per window with a
+// burst of a hundredth of it, so that any window holds at most
+// limit + limit/100 + 1 turns.
+type sharedLimiter struct {
+	interval, tolerance time.Duration
+
+	mu  sync.Mutex
+	tat time.Time // the theoretical arrival time of the next turn
+}
+
+func newSharedLimiter(limit int, window time.Duration) *sharedLimiter {
+	interval := window / time.Duration(limit)
+	return &sharedLimiter{interval: interval, tolerance: interval * time.Duration(limit/100)}
+}
+
+// Wait reserves the next n turns and waits for them.
+func (l *sharedLimiter) Wait(ctx context.Context, vault string, n int) error {
+	now := time.Now()
+	l.mu.Lock()
+	tat := l.tat
+	if tat.Before(now) {
+		tat = now
+	}
+	wait := tat.Sub(now) - l.tolerance
+	l.tat = tat.Add(time.Duration(n) * l.interval)
+	l.mu.Unlock()
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Table formats results as a Markdown table.
 func Table(results []Result) string {
 	var b strings.Builder
@@ -423,11 +470,11 @@ func yes(b bool) string {
 // the floor.
 func ColdTable(results []Result) string {
 	var b strings.Builder
-	b.WriteString("| instances × secrets | limit / 10 s | pacing | cold start (floor) | × floor | failed preloads | requests | 429s (share) | peak requests / 10 s |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| instances × secrets | limit / 10 s | pacing | shared limiter | cold start (floor) | × floor | failed preloads | requests | 429s (share) | peak requests / 10 s |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
-		fmt.Fprintf(&b, "| %d × %d | %d | %s | %v (%v) | %.2f | %d | %d | %d (%.1f%%) | %d |\n",
-			r.Instances, r.Secrets, r.Limit, yes(!r.NoPacing), r.ColdStart.Round(time.Second), r.Floor(),
+		fmt.Fprintf(&b, "| %d × %d | %d | %s | %s | %v (%v) | %.2f | %d | %d | %d (%.1f%%) | %d |\n",
+			r.Instances, r.Secrets, r.Limit, yes(!r.NoPacing), yes(r.Shared), r.ColdStart.Round(time.Second), r.Floor(),
 			float64(r.ColdStart)/float64(r.Floor()), r.ColdErrors, r.ColdRequests, r.ColdThrottled,
 			100*float64(r.ColdThrottled)/float64(max(r.ColdRequests, 1)), r.ColdPeakPer10s)
 	}

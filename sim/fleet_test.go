@@ -29,8 +29,8 @@ func TestFleetColdStart(t *testing.T) {
 		t.Skip("-fleet.cold not set")
 	}
 	var results []Result
-	for _, noPacing := range []bool{false, true} {
-		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: true, Limit: limit(), NoPacing: noPacing, ColdOnly: true}
+	for _, c := range []struct{ noPacing, shared bool }{{false, false}, {true, false}, {false, true}} {
+		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: true, Limit: limit(), NoPacing: c.noPacing, Shared: c.shared, ColdOnly: true}
 		synctest.Test(t, func(t *testing.T) {
 			r, err := Run(cfg, testWriter{t})
 			if err != nil {
