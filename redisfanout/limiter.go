@@ -447,7 +447,10 @@ func (l *Limiter) reserve(ctx context.Context, key string) (reservation, error) 
 }
 
 func runGCRA(ctx context.Context, c redis.Scripter, key string, interval, burst, maxWait int64) (reservation, error) {
-	v, err := gcraScript.Run(ctx, c, []string{key}, interval, burst, maxWait).Int64Slice()
+	return parseReservation(gcraScript.Run(ctx, c, []string{key}, interval, burst, maxWait).Int64Slice())
+}
+
+func parseReservation(v []int64, err error) (reservation, error) {
 	if err != nil {
 		return reservation{}, err
 	}
