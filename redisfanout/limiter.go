@@ -80,7 +80,9 @@ type LimiterOptions struct {
 	// Prefix+host ("kvsecrets:limit:myvault.vault.azure.net"). Default
 	// DefaultLimitPrefix. Fleets that share a Redis but not a budget use
 	// different prefixes; every Limiter sharing a prefix must have the same
-	// Limit, Window and Burst. At most 256 bytes.
+	// Limit, Window, Burst and MaxWait (a bucket booked further ahead than
+	// a Limiter's MaxWait allows is taken for garbage and reset). At most
+	// 256 bytes.
 	Prefix string
 
 	// Timeout bounds each Redis call of Wait. go-redis interrupts a
@@ -386,8 +388,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 // now, tat before, tat after}: ok 1 with the wait in µs when a turn was
 // reserved, 0 with the wait it would have had when that is over ARGV[3]
 // (and nothing changes). The key expires when the bucket is full again.
-// A TAT that is not a number, negative or more than maxAhead past now
-// (set by someone else, or left by a clock gone back) counts as absent.
+// A TAT that is not a number, negative, or further ahead than a turn is
+// ever booked (maxWait + burst×interval + interval: set by someone else,
+// or left by a Redis whose clock went back, as after a failover) counts as
+// absent.
 // Numbers are µs since the epoch, below 2^53, so Lua's doubles hold them
 // exactly; '%.0f' writes them without an exponent. gcra is the same in Go.
 var gcraScript = redis.NewScript(`
@@ -397,7 +401,7 @@ local interval = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2]) * interval
 local maxWait = tonumber(ARGV[3])
 local old = tonumber(redis.call('GET', KEYS[1]) or '')
-if not old or old ~= old or old < 0 or old > now + 1e13 then old = now end
+if not old or old ~= old or old < 0 or old > now + maxWait + tau + interval then old = now end
 local tat = old
 if tat < now then tat = now end
 local wait = tat - tau - now
@@ -418,7 +422,7 @@ return {1, wait, now, old, new}
 // first burst+1, so that any period of length Limit×interval holds at most
 // Limit+burst of them.
 func gcra(tat, now, interval, burst, maxWait int64) (newTAT, wait int64, ok bool) {
-	if tat < 0 || tat > now+maxAhead {
+	if tat < 0 || tat > now+maxWait+burst*interval+interval {
 		tat = now
 	}
 	t := max(tat, now)
@@ -428,11 +432,6 @@ func gcra(tat, now, interval, burst, maxWait int64) (newTAT, wait int64, ok bool
 	}
 	return t + interval, wait, true
 }
-
-// maxAhead (µs, 1e13 in gcraScript: about 116 days) is further than any
-// valid configuration books a bucket ahead (Window and MaxWait are at most
-// a day each).
-const maxAhead = 1e13
 
 // reservation is gcraScript's answer.
 type reservation struct {

@@ -147,10 +147,12 @@ func TestLimiterFleetBound(t *testing.T) {
 		t.Errorf("%d turns within one window on Redis's clock, want at most Limit+Burst = %d", n, limit+burst)
 	}
 	// With callers always waiting, the turns after the first burst+1 are
-	// exactly one interval apart: the rate is Limit/Window.
+	// one interval apart: the rate is Limit/Window, and never more. (Less
+	// only if no caller reached Redis for the 23 turns booked ahead, on a
+	// machine stalled for half a second: allowed here.)
 	span := time.Duration(at[len(at)-1]-at[0]) * time.Microsecond
 	want := time.Duration(total-burst-1) * window / limit
-	if span < want || span > want+want/10 {
+	if span < want || span > want+want/2 {
 		t.Errorf("turns span %v on Redis's clock, want %v: rate %.1f/s, limit %d/s", span, want,
 			float64(total-burst-1)/span.Seconds(), limit)
 	}
@@ -242,13 +244,14 @@ func TestLimiterLuaAgreesWithGo(t *testing.T) {
 			strconv.FormatInt(now+p.maxWait/2, 10),          // half MaxWait ahead
 			strconv.FormatInt(now+p.burst*p.interval, 10),   // a full burst ahead
 			strconv.FormatInt(now+p.maxWait+p.interval, 10), // refused, unless burst covers it
+			strconv.FormatInt(now+1e12, 10),                 // far ahead: garbage, or a clock gone back
 			"garbage", "nan", "inf", "-5", "1e300", "",
 		} {
 			if err := c.Set(ctx, key, v, 0).Err(); err != nil {
 				t.Fatal(err)
 			}
 			r := check("key " + strconv.Quote(v))
-			if _, err := strconv.ParseInt(v, 10, 64); err != nil || v == "-5" {
+			if n, err := strconv.ParseInt(v, 10, 64); err != nil || n < 0 || n > now+1e11 {
 				if r.old != r.now {
 					t.Errorf("%+v: key %q read as %d, want now %d", p, v, r.old, r.now)
 				}
@@ -260,7 +263,7 @@ func TestLimiterLuaAgreesWithGo(t *testing.T) {
 	if tat, wait, ok := gcra(-5, 1000, 10, 0, 100); tat != 1010 || wait != 0 || !ok {
 		t.Errorf("gcra(-5, …) = %d, %d, %v", tat, wait, ok)
 	}
-	if tat, wait, ok := gcra(1000+maxAhead+1, 1000, 10, 0, 100); tat != 1010 || wait != 0 || !ok {
+	if tat, wait, ok := gcra(1000+100+10+1, 1000, 10, 0, 100); tat != 1010 || wait != 0 || !ok {
 		t.Errorf("gcra(far ahead, …) = %d, %d, %v", tat, wait, ok)
 	}
 }
