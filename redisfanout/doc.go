@@ -1,6 +1,7 @@
 // Package redisfanout spreads news of Key Vault secrets' new versions
 // across a fleet of instances through Redis Pub/Sub, so that a rotation
-// that one instance learns of reaches all of them in seconds.
+// that one instance learns of reaches all of them in seconds; and its
+// Limiter shares each vault's request budget among the fleet.
 //
 // # Why
 //
@@ -100,6 +101,63 @@
 // dropped while Redis was down — so the FanOut calls
 // kvsecrets.Provider.NotifyAll(Options.RecheckSpread): every cached secret
 // is re-read once, spread so that the fleet stays within Key Vault's rate.
+//
+// # A fleet-wide request budget: Limiter
+//
+// Each Provider paces its own requests, but a fleet of them shares the
+// vault's throttle (4,000 GETs per 10 s per vault): a hundred instances
+// starting together each find it on their own, with 429s. A Limiter,
+// set as every instance's kvsecrets.Options.Limiter, keeps one budget per
+// vault for the whole fleet in Redis:
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379", ContextTimeoutEnabled: true})
+//	limiter, err := redisfanout.NewLimiter(rdb, &redisfanout.LimiterOptions{Limit: 3000, Window: 10 * time.Second})
+//	if err != nil {
+//		return err
+//	}
+//	secrets, err := kvsecrets.NewProvider(vaultURL, cred, &kvsecrets.Options{Limiter: limiter})
+//
+// The budget is a token bucket kept by the generic cell rate algorithm
+// (GCRA, as redis-cell and redis_rate): the key Prefix+host
+// ("kvsecrets:limit:myvault.vault.azure.net") holds the time at which the
+// bucket's next turn is due, in microseconds on Redis's clock (TIME), so
+// the instances' clocks do not matter. Before each request the Provider
+// calls Limiter.Wait, which runs one short Lua script (EVALSHA; Redis 5 or
+// later) that books the next turn, at most MaxWait ahead, and sleeps until
+// it. The bound, exactly: the turns booked by all the Limiters sharing a
+// key, each at the moment Redis's clock booked it for, number at most
+// Limit+Burst in any period of length Window; with callers always
+// waiting, Limit per Window. Requests reach the vault later than their
+// turns by the round trip to Redis and the instance's own delays, which
+// vary: count a request or two of slack beyond Limit+Burst, and set Limit
+// below the vault's throttle by Burst and whatever other applications of
+// the vault read (the defaults, 4,000 per 10 s with a Burst of 40, are Key
+// Vault's limit itself). Every Limiter sharing a key must have the same
+// Limit, Window, Burst and MaxWait. The key expires when the bucket is full again,
+// so an idle vault leaves nothing in Redis; Redis learns vault hosts and
+// request times, never a secret's name or value. Whoever can write the key
+// can delay the fleet's requests by up to MaxWait each time (a booking
+// further ahead, as a Redis whose clock went back would leave, is taken
+// for garbage and reset) or let them through: the budget is as
+// trustworthy as the Redis.
+//
+// A turn is booked before the caller sleeps for it: a caller whose context
+// ends first returns its error at once and its turn is wasted (the fleet
+// sends one request fewer than it could). A turn further ahead than
+// MaxWait (1 minute) is not booked: Wait pauses and asks again, so that a
+// crowd of callers does not book the vault for hours.
+//
+// When Redis fails, Wait returns an *Error (ErrUnreachable, ErrTimeout,
+// ErrRefused) within Timeout (250 ms; go-redis enforces it only with the
+// client's ContextTimeoutEnabled) and the Provider sends its request
+// paced by itself alone, counted in kvsecrets.Stats.LimiterFailures. A
+// circuit breaker then makes Waits fail at once, without asking Redis
+// (ErrBreakerOpen), for 1 s, doubling on each failed probe up to 30 s:
+// after each pause one Wait asks Redis again, and its answer closes the
+// breaker. So while Redis is down every instance falls back to its own
+// pacing without paying a Redis timeout per request. Limiter.Status
+// reports the breaker and counts turns, time waited, failures and fast
+// failures. A Limiter starts no goroutine and needs no Close.
 //
 // # Status
 //

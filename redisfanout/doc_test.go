@@ -2,6 +2,9 @@ package redisfanout_test
 
 import (
 	"net/http"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 
 	"github.com/kvsecrets/kvsecrets"
 	"github.com/kvsecrets/kvsecrets/redisfanout"
@@ -22,3 +25,19 @@ func deploy(secrets *kvsecrets.Provider, mux *http.ServeMux, fanoutKey []byte, e
 }
 
 var _ = deploy
+
+// limitFleet is the package documentation's Limiter, compiled.
+func limitFleet(vaultURL string, cred azcore.TokenCredential) error {
+	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379", ContextTimeoutEnabled: true})
+	limiter, err := redisfanout.NewLimiter(rdb, &redisfanout.LimiterOptions{Limit: 3000, Window: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	secrets, err := kvsecrets.NewProvider(vaultURL, cred, &kvsecrets.Options{Limiter: limiter})
+	if err != nil {
+		return err
+	}
+	return secrets.Close()
+}
+
+var _ = limitFleet

@@ -54,8 +54,8 @@ var ErrClosed = errors.New("redisfanout: closed")
 // never a message, key or password; the underlying error is reachable with
 // errors.As.
 type Error struct {
-	Op    string // "subscribe", "receive" or "publish"
-	Class error  // ErrUnreachable, ErrTimeout, ErrRefused or ErrQueueFull
+	Op    string // "subscribe", "receive", "publish" or "limit" (Limiter.Wait)
+	Class error  // ErrUnreachable, ErrTimeout, ErrRefused, ErrQueueFull or ErrBreakerOpen
 	Code  string // Redis's error code with ErrRefused, else ""
 	err   error
 }
