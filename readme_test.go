@@ -338,7 +338,18 @@ func readmeFanOut(ctx context.Context, secrets *kvsecrets.Provider) (*redisfanou
 	return fan, nil
 }
 
+// README, "A fleet restarting at once".
+func readmeLimiter(vaultURL string, cred azcore.TokenCredential) (*kvsecrets.Provider, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv("REDIS_ADDR"), ContextTimeoutEnabled: true})
+	limiter, err := redisfanout.NewLimiter(rdb, &redisfanout.LimiterOptions{Limit: 3600, Window: 10 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	return kvsecrets.NewProvider(vaultURL, cred, &kvsecrets.Options{Limiter: limiter})
+}
+
 var _ = readmeFanOut
+var _ = readmeLimiter
 var _ = readmeEventGrid
 var _ = readmeLoad
 var _ = docPackage
