@@ -17,17 +17,17 @@ var (
 	fleetN     = flag.Int("fleet.n", 10, "instances in the simulated fleet (BENCHMARKS.md uses 1000)")
 	fleetM     = flag.Int("fleet.m", 20, "secrets per instance")
 	fleetLimit = flag.Int("fleet.limit", 0, "the vault's limit in requests per 10 s (default: Key Vault's 4,000 for 1,000 × 20, scaled to the fleet)")
-	fleetCold  = flag.Bool("fleet.cold", false, "run the cold start only, with and without pacing")
 )
 
 // TestFleetColdStart runs only the cold start of the whole fleet, with
-// pacing and without (go test ./sim -run TestFleetColdStart -v -fleet.n 300
-// -fleet.limit 4000), and prints its table. It is skipped unless
-// -fleet.cold is given; TestFleet runs the cold start in every scenario.
+// pacing, without, and with the shared limiter (go test ./sim -run
+// TestFleetColdStart -v -fleet.n 300 -fleet.limit 4000), prints its table,
+// and holds issue 17's targets, with the limit scaled to the fleet: with
+// pacing alone, no failed preload (each has 3× the floor), at most 10% of
+// requests answered 429, a peak of 1.5× the limit per 10 s, and a start
+// within 1.3× the floor; with the shared limiter, at most 1% 429s, a peak
+// of 1.1× the limit, and a start within 1.1× the floor.
 func TestFleetColdStart(t *testing.T) {
-	if !*fleetCold {
-		t.Skip("-fleet.cold not set")
-	}
 	var results []Result
 	for _, c := range []struct{ noPacing, shared bool }{{false, false}, {true, false}, {false, true}} {
 		cfg := Config{Instances: *fleetN, Secrets: *fleetM, TTL: time.Hour, Jitter: true, Limit: limit(), NoPacing: c.noPacing, Shared: c.shared, ColdOnly: true}
@@ -37,6 +37,20 @@ func TestFleetColdStart(t *testing.T) {
 				t.Fatal(err)
 			}
 			results = append(results, r)
+			share := float64(r.ColdThrottled) / float64(max(r.ColdRequests, 1))
+			ratio := float64(r.ColdStart) / float64(cfg.Floor())
+			switch {
+			case c.shared:
+				if share > 0.01 || float64(r.ColdPeakPer10s) > 1.1*float64(cfg.Limit) || ratio > 1.1 || r.ColdErrors != 0 {
+					t.Errorf("shared limiter: %.1f%% 429s, peak %d per 10 s (limit %d), %.2f× the floor, %d failed preloads; want ≤ 1%%, ≤ 1.1× the limit, ≤ 1.1×, 0",
+						100*share, r.ColdPeakPer10s, cfg.Limit, ratio, r.ColdErrors)
+				}
+			case !c.noPacing:
+				if share > 0.10 || float64(r.ColdPeakPer10s) > 1.5*float64(cfg.Limit) || ratio > 1.3 || r.ColdErrors != 0 {
+					t.Errorf("pacing: %.1f%% 429s, peak %d per 10 s (limit %d), %.2f× the floor, %d failed preloads; want ≤ 10%%, ≤ 1.5× the limit, ≤ 1.3×, 0",
+						100*share, r.ColdPeakPer10s, cfg.Limit, ratio, r.ColdErrors)
+				}
+			}
 		})
 	}
 	t.Log("\n" + ColdTable(results))
