@@ -61,6 +61,7 @@ const (
 	pacingDecrease     = 0.85             // the factor of a cut
 	pacingPauseJitter  = 0.25             // a pause lasts up to this fraction longer, at random
 	pacingQuiet        = 6                // windows without waiting or throttling after which the rate recovers
+	pacingIdlePause    = time.Second      // the first pause of a Provider whose requests did not queue
 	// DefaultMaxReadRate is the default of Options.MaxReadRate: Key Vault's
 	// limit for a whole vault, 4,000 GETs per 10 s.
 	DefaultMaxReadRate = 400.0
@@ -115,6 +116,7 @@ type pacer struct {
 	winWaited bool      // a request waited for its turn in it
 	busy      bool      // requests waited in the last window: the pacer, not demand, set the pace
 	quiet     int       // windows in a row in which nothing waited and nothing was throttled
+	strikes   int       // cuts since the last window without a 429: a pause of an idle Provider doubles with each
 	win429    bool      // a 429 was heard in it
 	queue     []*pacerTicket
 	// successes per second of the last window, for what the vault
@@ -155,7 +157,7 @@ func (pc *pacer) acquire(ctx context.Context, gone <-chan struct{}, front bool) 
 		return 0, &pacingError{err}
 	}
 	pc.delayed.Add(1)
-	pc.winWaited = true
+	pc.winWaited = pc.winWaited || pc.rateBound(now)
 	t := &pacerTicket{turn: make(chan struct{}, 1)}
 	if front {
 		pc.queue = slices.Insert(pc.queue, 0, t)
@@ -238,6 +240,12 @@ func (pc *pacer) waitLocked(now time.Time) time.Duration {
 	return max(w, 0)
 }
 
+// rateBound reports whether a request asking now would wait for a token,
+// not for the end of a pause. mu is held.
+func (pc *pacer) rateBound(now time.Time) bool {
+	return pc.tokens < 1 && !now.Before(pc.pausedTil)
+}
+
 // advance brings tokens and the window up to now. mu is held.
 func (pc *pacer) advance(now time.Time) {
 	if !pc.started {
@@ -273,6 +281,9 @@ func (pc *pacer) advance(now time.Time) {
 		// is back to at least a new Provider's, in slow start, so that a
 		// burst of reads long after a cold start (a rotation, NotifyAll)
 		// is not held to the share of a crowded start-up.
+		if !pc.win429 {
+			pc.strikes = 0
+		}
 		if pc.winWaited || pc.win429 {
 			pc.quiet = 0
 		} else if pc.quiet++; pc.quiet >= pacingQuiet && pc.rate < pacingInitialRate {
@@ -280,7 +291,7 @@ func (pc *pacer) advance(now time.Time) {
 		}
 		pc.busy = pc.winWaited
 		pc.winStart, pc.win429 = now, false
-		pc.winWaited = len(pc.queue) > 0
+		pc.winWaited = len(pc.queue) > 0 && pc.rateBound(now)
 	}
 	if d := now.Sub(pc.refilled); d > 0 {
 		pc.tokens = min(pc.tokens+pc.rate*d.Seconds(), max(pc.rate*pacingWindow.Seconds(), 1))
@@ -333,7 +344,18 @@ func (pc *pacer) done(epoch uint64, err error) {
 		rate = min(rate, float64(max(pc.grantedLocked(now), 1))/pacingWindow.Seconds())
 	}
 	pc.rate = min(max(rate, pacingMinRate), pc.maxRate)
+	// A Provider whose requests queued for their turn is among those
+	// crowding the vault: it stays away for a whole window, which the 429
+	// says is spent, and starts again from one request. One that asked
+	// for little is not: it backs off as Key Vault advises, 1, 2, 4, 8 s…
+	// up to a window, so that its few reads are not held up a window by
+	// others' crowding, and keeps its tokens.
+	busy := pc.busy || pc.winWaited
 	pause := pacingWindow
+	if !busy {
+		pause = min(pacingIdlePause<<min(pc.strikes, 8), pacingWindow)
+	}
+	pc.strikes++
 	if ra := retryAfter(re.RawResponse); ra > 0 {
 		pause = min(ra, maxRetryAfter)
 	}
@@ -343,8 +365,10 @@ func (pc *pacer) done(epoch uint64, err error) {
 	if until := now.Add(pause); until.After(pc.pausedTil) {
 		pc.pausedTil = until
 	}
-	// One request may go when the pause ends; tokens count from there.
-	pc.tokens, pc.refilled = 1, pc.pausedTil
+	if busy {
+		// One request may go when the pause ends; tokens count from there.
+		pc.tokens, pc.refilled = 1, pc.pausedTil
+	}
 	if len(pc.queue) > 0 {
 		pc.queue[0].poke()
 	}

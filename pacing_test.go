@@ -122,23 +122,32 @@ func TestPacerAIMD(t *testing.T) {
 	})
 }
 
+// TestPacerRetryAfterAndJitter: a busy Provider (its requests queued for
+// their turn) pauses a window after a 429, an idle one a second; a
+// Retry-After sets the pause either way; jitter adds up to a quarter.
 func TestPacerRetryAfterAndJitter(t *testing.T) {
 	for _, c := range []struct {
 		ra       string
 		noJitter bool
+		busy     bool
 		min, max time.Duration
 	}{
-		{"", true, pacingWindow, pacingWindow},
-		{"", false, pacingWindow, pacingWindow * 5 / 4},
-		{"30", true, 30 * time.Second, 30 * time.Second},
-		{"30", false, 30 * time.Second, 30 * time.Second * 5 / 4},
-		{"1", false, time.Second, time.Second * 5 / 4},
+		{"", true, true, pacingWindow, pacingWindow},
+		{"", false, true, pacingWindow, pacingWindow * 5 / 4},
+		{"", true, false, pacingIdlePause, pacingIdlePause},
+		{"", false, false, pacingIdlePause, pacingIdlePause * 5 / 4},
+		{"30", true, true, 30 * time.Second, 30 * time.Second},
+		{"30", false, false, 30 * time.Second, 30 * time.Second * 5 / 4},
+		{"1", false, true, time.Second, time.Second * 5 / 4},
 	} {
-		t.Run(fmt.Sprintf("Retry-After=%q/jitter=%v", c.ra, !c.noJitter), func(t *testing.T) {
+		t.Run(fmt.Sprintf("Retry-After=%q/jitter=%v/busy=%v", c.ra, !c.noJitter, c.busy), func(t *testing.T) {
 			var seen []time.Duration
 			for range 20 {
 				synctest.Test(t, func(t *testing.T) {
 					pc := newPacer(DefaultMaxReadRate, c.noJitter)
+					if c.busy {
+						take(t, pc, 30) // the last ones wait for a token
+					}
 					ep, _ := pc.acquire(t.Context(), nil, false)
 					at := time.Now()
 					pc.done(ep, throttled429(c.ra))
@@ -420,6 +429,38 @@ func TestPacerRecoversAfterQuiet(t *testing.T) {
 		pc.mu.Unlock()
 		if r != pacingInitialRate || !slow {
 			t.Fatalf("after %d quiet windows: rate %v, slow start %v; want %v in slow start", pacingQuiet, r, slow, pacingInitialRate)
+		}
+	})
+}
+
+// TestPacerIdleBackoffDoubles: an idle Provider's pauses after 429s double
+// (1, 2, 4, 8 s…, up to a window), as Key Vault advises, and start again
+// at a second after a window without a 429.
+func TestPacerIdleBackoffDoubles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pc := newPacer(DefaultMaxReadRate, true)
+		pause := func() time.Duration {
+			ep, err := pc.acquire(t.Context(), nil, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			at := time.Now()
+			pc.done(ep, throttled429(""))
+			ep, err = pc.acquire(t.Context(), nil, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc.done(ep, nil)
+			return time.Since(at)
+		}
+		for _, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, pacingWindow, pacingWindow} {
+			if got := pause(); got != want {
+				t.Fatalf("an idle Provider paused %v after a 429, want %v", got, want)
+			}
+		}
+		time.Sleep(2 * pacingWindow) // a window without a 429
+		if got := pause(); got != time.Second {
+			t.Fatalf("after a window without a 429 the pause was %v, want 1s again", got)
 		}
 	})
 }
