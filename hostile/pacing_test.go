@@ -380,6 +380,11 @@ func TestPaceMaxReadRateCaps(t *testing.T) {
 // Promise (A fleet restarting at once): a 429 cuts the rate; after a minute
 // without queueing or throttling it is back to 100 a second; Stats.Throttled
 // counts exactly the 429s the vault answered.
+//
+// BROKE: two idle minutes after the 429, Stats.ReadRate still reads 15 (the
+// cut rate) — "requests a second the Provider allows itself now" — while the
+// Provider then sends 185 requests in one second: neither the counter nor
+// the behaviour is "back to 100 a second".
 func TestPace429CutsThenRecovers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		v, p, _ := env(t, nil)
@@ -807,6 +812,9 @@ func TestPaceMaxReadRateBounds(t *testing.T) {
 // vault" and the pacer "paces its own requests". The SDK's own retries of a
 // 503 (4 tries a read) are requests to the vault: during a 5xx storm they
 // must not multiply the Provider's rate beyond its pacing.
+//
+// BROKE: with MaxReadRate 50, 204 requests reach the vault in one second
+// (300 reads × 4 tries): only the first try of each read is paced.
 func TestPaceSDKRetriesPaced(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		v, p, _ := env(t, &kvsecrets.Options{MaxReadRate: 50})
@@ -887,6 +895,9 @@ func TestLimWaitArgumentsAndTurns(t *testing.T) {
 // challenge as a request of its own, so "request" means an HTTP request):
 // the SDK's own retries of a 503 are requests to the vault too; each must
 // have had a turn, or a 5xx storm multiplies the fleet's load beyond its budget.
+//
+// BROKE: FailNext(3, ServiceUnavailable) then Get: 4 HTTP requests reach the
+// vault on 1 Limiter turn.
 func TestLimSDKRetriesTakeTurns(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lim := &fakeLimiter{}
