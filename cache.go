@@ -208,15 +208,22 @@ type flight struct {
 	// are guarded by the entry's mu. sent is set when the first request
 	// goes: from then on the read runs to its end, and later callers join
 	// it.
-	gone      <-chan struct{} // goneCtx.Done()
-	goneCtx   context.Context
+	goneCtx   context.Context // made by fetch
 	abandon   context.CancelFunc
 	waiters   int
 	abandoned bool
-	sent      atomic.Bool
+	phase     atomic.Int32 // flightWaiting, then flightSent or flightAbandoned
 	st        *state       // the entry's state after the read
 	err       *SecretError // the read's own failure, nil on success
 }
+
+// A flight's phase: its first request waits for its turn, then either
+// goes or, if every caller gave up first, never goes.
+const (
+	flightWaiting int32 = iota
+	flightSent
+	flightAbandoned
+)
 
 // entryKind tells what an entry caches.
 type entryKind uint8

@@ -333,8 +333,8 @@ func newConfig(o *Options) (config, error) {
 	}
 	if c.maxReadRate == 0 {
 		c.maxReadRate = DefaultMaxReadRate
-	} else if !(c.maxReadRate > 0 && c.maxReadRate <= 1e6) {
-		errs = append(errs, fmt.Errorf("kvsecrets: Options.MaxReadRate must be in (0, 1e6] requests a second, got %v", o.MaxReadRate))
+	} else if !(c.maxReadRate >= pacingMinRate && c.maxReadRate <= 1e6) {
+		errs = append(errs, fmt.Errorf("kvsecrets: Options.MaxReadRate must be between %v and 1e6 requests a second, got %v", pacingMinRate, o.MaxReadRate))
 	}
 	if c.idleTimeout == 0 {
 		c.idleTimeout = DefaultIdleTTLs * c.ttl

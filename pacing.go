@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 )
 
 // This file is the pacer: per-Provider adaptive pacing of the Provider's
@@ -72,15 +73,15 @@ const (
 // Options.Limiter; redisfanout.Limiter keeps a token bucket per vault in
 // Redis). It must be safe for concurrent use.
 type Limiter interface {
-	// Wait returns nil when n requests (1, or 2 for a Provider's first,
-	// which meets the vault's authentication challenge) to vault (the
-	// vault's host, such as "myvault.vault.azure.net") may be sent,
-	// waiting for their turn first if the budget is spent. It returns
-	// ctx's error if ctx ends first. Any other error means the Limiter
-	// cannot answer (its store is unreachable, say); the Provider then
-	// sends the request paced only by itself. Wait should fail fast while
-	// its store is down: the Provider calls it before every request.
-	Wait(ctx context.Context, vault string, n int) error
+	// Wait returns nil when one HTTP request to vault (the vault's host,
+	// such as "myvault.vault.azure.net") may be sent, waiting for its
+	// turn first if the budget is spent. It returns ctx's error if ctx
+	// ends first. Any other error, or a panic, means the Limiter cannot
+	// answer (its store is unreachable, say); the Provider then sends the
+	// request paced only by itself. Wait should fail fast while its store
+	// is down: the Provider calls it before every request, the
+	// authentication challenge and the SDK's retries included.
+	Wait(ctx context.Context, vault string) error
 }
 
 // errPacingAbandoned ends a wait in the pacer when nobody waits for the
@@ -94,6 +95,10 @@ type pacingError struct{ cause error }
 func (e *pacingError) Error() string { return e.cause.Error() }
 func (e *pacingError) Unwrap() error { return e.cause }
 
+// NonRetriable tells azcore's retry policy not to retry a request that was
+// never sent.
+func (e *pacingError) NonRetriable() {}
+
 // pacer paces one Provider's requests to its vault. Its methods are safe
 // for concurrent use; every field below mu is guarded by it.
 type pacer struct {
@@ -105,7 +110,6 @@ type pacer struct {
 
 	mu        sync.Mutex
 	started   bool      // the first request has asked for a turn
-	probing   bool      // the first request is out, unanswered: the others wait for it
 	rate      float64   // requests a second
 	slowStart bool      // no 429 heard yet: the rate doubles per window
 	tokens    float64   // requests that may go now
@@ -226,9 +230,6 @@ func (pc *pacer) leave(t *pacerTicket) {
 // the end of a pause and for a whole token.
 func (pc *pacer) waitLocked(now time.Time) time.Duration {
 	w := pc.pausedTil.Sub(now)
-	if pc.probing && pc.tokens < 1 {
-		return max(pc.winStart.Add(pacingWindow).Sub(now), 0) // or the first answer, which pokes the queue
-	}
 	if pc.tokens < 1 {
 		from := now
 		if pc.refilled.After(now) {
@@ -250,20 +251,7 @@ func (pc *pacer) rateBound(now time.Time) bool {
 func (pc *pacer) advance(now time.Time) {
 	if !pc.started {
 		pc.started = true
-		// The first request goes alone: it meets the vault's
-		// authentication challenge and learns the token, which requests
-		// sent beside it would each meet again (one 401 apiece). The
-		// rest of the burst follows its answer.
-		pc.tokens, pc.refilled, pc.winStart, pc.probing = 1, now, now, true
-	}
-	if pc.probing {
-		if now.Sub(pc.winStart) < pacingWindow {
-			pc.refilled = now
-		} else {
-			// No answer in a window (a hung first request): the others go on.
-			pc.probing = false
-			pc.tokens += pacingInitialBurst - 1
-		}
+		pc.tokens, pc.refilled, pc.winStart = pacingInitialBurst, now, now
 	}
 	if now.Sub(pc.winStart) >= pacingWindow {
 		// The window is over: a window in which requests waited and
@@ -276,25 +264,37 @@ func (pc *pacer) advance(now time.Time) {
 			}
 			pc.rate = min(pc.rate, pc.maxRate)
 		}
-		// Windows that needed no pacing at all mean the throttling the
-		// rate was cut for is over: after pacingQuiet of them the rate
-		// is back to at least a new Provider's, in slow start, so that a
-		// burst of reads long after a cold start (a rotation, NotifyAll)
-		// is not held to the share of a crowded start-up.
+		// Windows that needed no pacing at all mean that what the rate
+		// was set for is over: after pacingQuiet of them (the windows
+		// that passed without a request count too) the rate is a new
+		// Provider's again, in slow start: a burst of reads long after a
+		// cold start (a rotation, NotifyAll) is neither held to the
+		// share of a crowded start-up nor let out at a rate the vault
+		// granted long ago.
 		if !pc.win429 {
 			pc.strikes = 0
 		}
-		if pc.winWaited || pc.win429 {
-			pc.quiet = 0
-		} else if pc.quiet++; pc.quiet >= pacingQuiet && pc.rate < pacingInitialRate {
+		idle := int(min(now.Sub(pc.winStart)/pacingWindow, 1<<20)) - 1 // windows after this one, without a request
+		switch {
+		case pc.winWaited || pc.win429:
+			pc.quiet = idle
+		default:
+			pc.quiet += 1 + idle
+		}
+		if idle > 0 {
+			pc.strikes = 0
+		}
+		if pc.quiet >= pacingQuiet && (pc.rate != min(pacingInitialRate, pc.maxRate) || !pc.slowStart) {
 			pc.rate, pc.slowStart = min(pacingInitialRate, pc.maxRate), true
 		}
-		pc.busy = pc.winWaited
+		pc.busy = pc.winWaited && idle == 0
 		pc.winStart, pc.win429 = now, false
 		pc.winWaited = len(pc.queue) > 0 && pc.rateBound(now)
 	}
 	if d := now.Sub(pc.refilled); d > 0 {
-		pc.tokens = min(pc.tokens+pc.rate*d.Seconds(), max(pc.rate*pacingWindow.Seconds(), 1))
+		// No more saved up than the first burst: any second holds at
+		// most the rate and the burst, even after the Provider was idle.
+		pc.tokens = min(pc.tokens+pc.rate*d.Seconds(), pacingInitialBurst)
 		pc.refilled = now
 	}
 }
@@ -306,14 +306,6 @@ func (pc *pacer) done(epoch uint64, err error) {
 	now := time.Now()
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if pc.probing {
-		// The first answer, whatever it is, lets the burst go.
-		pc.probing = false
-		pc.tokens, pc.refilled = pc.tokens+pacingInitialBurst-1, now
-		if len(pc.queue) > 0 {
-			pc.queue[0].poke()
-		}
-	}
 	var re *azcore.ResponseError
 	if err != nil && !(errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests) {
 		return
@@ -389,34 +381,155 @@ func (pc *pacer) grantedLocked(now time.Time) int {
 func (pc *pacer) currentRate() float64 {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
+	if pc.started {
+		pc.advance(time.Now())
+	}
 	return pc.rate
 }
 
 // pacedReadKey carries a read's *pacedRead in its context.
 type pacedReadKey struct{}
 
-// pacedRead is what the pacer's hooks need to know of the read a request
-// belongs to.
+// pacedRead is what the pacing policy needs to know of the read a request
+// belongs to. Its fields are used by the read's own goroutine only (the
+// SDK sends a read's requests one after the other).
 type pacedRead struct {
-	gone  <-chan struct{} // closed once nobody waits for the read; nil: never
-	wait  context.Context // ends when nobody waits for the read or the Provider closes
-	start func()          // starts FetchTimeout, at the first request sent
-	front bool            // the next request is a retry after a 429: it goes first
+	wait       context.Context // bounds the waits until the read's first request with a token: ends when nobody waits for the read or the Provider closes
+	sent       func() bool     // that request goes: false if the read was abandoned first
+	run        func()          // a request goes: FetchTimeout starts, or goes on
+	hold       func()          // a request before it waits for its turn: FetchTimeout stops meanwhile
+	went       bool            // it went
+	challenged bool            // a request without a token went (the challenge)
+	front      bool            // the next request is a retry after a 429: it goes first
+}
+
+// pacePolicy is the per-try policy that paces every read request the
+// Provider's client sends (GETs: reads, key-set pages, the SDK's retries,
+// the authentication challenge of a read): each waits for its turn in the
+// pacer, then in Options.Limiter, and tells the pacer how it ended.
+type pacePolicy struct{ p *Provider }
+
+func (pp *pacePolicy) Do(req *policy.Request) (*http.Response, error) {
+	if req.Raw().Method != http.MethodGet {
+		// Writes (Rotate, SetSecret) have a budget of their own at Key
+		// Vault, and a caller waiting on them: they are not paced.
+		return req.Next()
+	}
+	done, err := pp.p.pace(req.Raw().Context(), req.Raw().Header.Get("Authorization") != "")
+	if err != nil {
+		return nil, err
+	}
+	resp, err := req.Next()
+	done(outcome(resp, err))
+	return resp, err
+}
+
+// probeGate is a per-call policy that holds a new Provider's requests
+// until its first one has met the vault's authentication challenge and
+// come back with a token. It runs before the SDK's authentication policy
+// decides whether a request carries a token: requests let through beside
+// the first would each meet the challenge again (one 401 apiece, 1,000
+// extra requests when a fleet of 1,000 starts). The wait ends with the
+// first request, or after a window if it hangs, or with the waiting
+// read's callers.
+type probeGate struct {
+	p    *Provider
+	mu   sync.Mutex
+	out  bool          // the first request is out
+	done chan struct{} // closed when it is back
+	once sync.Once
+}
+
+func newProbeGate() *probeGate { return &probeGate{done: make(chan struct{})} }
+
+func (g *probeGate) Do(req *policy.Request) (*http.Response, error) {
+	select {
+	case <-g.done:
+		return req.Next()
+	default:
+	}
+	g.mu.Lock()
+	first := !g.out
+	g.out = true
+	g.mu.Unlock()
+	if first {
+		defer g.once.Do(func() { close(g.done) })
+		return req.Next()
+	}
+	ctx := req.Raw().Context()
+	wait := ctx
+	if pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead); pr != nil && !pr.went {
+		wait = pr.wait
+	}
+	t := time.NewTimer(pacingWindow)
+	defer t.Stop()
+	select {
+	case <-g.done:
+	case <-t.C: // the first request hangs: go on
+	case <-wait.Done():
+		return nil, g.p.waitEnded(wait)
+	}
+	return req.Next()
+}
+
+// waitEnded is the error of a wait for a request's turn that wait ended:
+// the Provider closed, every caller gave up (goneCtx), or the caller's own.
+func (p *Provider) waitEnded(wait context.Context) error {
+	cause := context.Cause(wait)
+	if c := context.Cause(p.ctx); c != nil {
+		cause = c // closed
+	} else if errors.Is(cause, context.Canceled) && wait.Err() != nil {
+		cause = errPacingAbandoned // every caller gave up (goneCtx)
+	}
+	return &pacingError{cause}
+}
+
+// errAnswered is the outcome of a request the vault answered with an
+// error of its own (a 5xx): it says nothing of the rate. errChallenged is
+// a 401: the request went without a token, and the SDK sends it again
+// with one.
+var (
+	errAnswered   = errors.New("kvsecrets: answered with a server error")
+	errChallenged = errors.New("kvsecrets: answered with the authentication challenge")
+)
+
+// outcome is what a request's answer tells the pacer: nil when the vault
+// served it (any answer below 500 but a 429), the 429 itself, or an error.
+func outcome(resp *http.Response, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return &azcore.ResponseError{StatusCode: resp.StatusCode, RawResponse: resp}
+	case resp.StatusCode == http.StatusUnauthorized:
+		return errChallenged
+	case resp.StatusCode >= 500:
+		return errAnswered
+	}
+	return nil
 }
 
 // pace waits for the turn of a request made on ctx, first in the pacer,
 // then in Options.Limiter, and returns a function to call with the
-// request's outcome. Without either it returns at once.
-func (p *Provider) pace(ctx context.Context) (func(error), error) {
+// request's outcome. Until a read's first request with a token goes
+// (authorised: the first may meet the challenge instead), its requests
+// wait within the callers' patience (pacedRead.wait), with FetchTimeout
+// held; later ones (the SDK's retries, a retry after a 429) within
+// FetchTimeout. A read's requests after its first go ahead of reads not
+// yet begun.
+func (p *Provider) pace(ctx context.Context, authorised bool) (func(error), error) {
 	pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead)
-	if p.pacer == nil && p.cfg.limiter == nil {
-		return func(error) {}, nil
-	}
 	var gone <-chan struct{}
 	front, wait := false, ctx
 	if pr != nil {
-		gone, front, wait = pr.gone, pr.front, pr.wait
-		pr.front = false
+		// A read already under way (the request with a token after the
+		// challenge, the SDK's retry, a retry after a 429) goes ahead of
+		// reads not yet begun.
+		front, pr.front = pr.front || pr.went || pr.challenged, false
+		if !pr.went {
+			gone, wait = pr.wait.Done(), pr.wait
+			pr.hold()
+		}
 	}
 	var epoch uint64
 	if p.pacer != nil {
@@ -428,17 +541,26 @@ func (p *Provider) pace(ctx context.Context) (func(error), error) {
 			return nil, err
 		}
 	}
-	if err := p.limit(wait); err != nil {
+	notSent := func(err error) (func(error), error) {
 		if p.pacer != nil {
-			p.pacer.done(epoch, err) // not sent: only ends a probe
+			p.pacer.done(epoch, err) // only ends a probe
 		}
 		return nil, err
 	}
-	if pr != nil {
-		pr.gone = nil // sent: the read runs to its end
-		if pr.start != nil {
-			pr.start()
+	if err := p.limit(wait); err != nil {
+		return notSent(err)
+	}
+	if pr != nil && !pr.went {
+		switch {
+		case !authorised:
+			pr.challenged = true
+		case !pr.sent():
+			// Every caller gave up while the Limiter held the turn.
+			return notSent(&pacingError{errPacingAbandoned})
+		default:
+			pr.went = true
 		}
+		pr.run()
 	}
 	if p.pacer == nil {
 		return func(error) {}, nil
@@ -450,35 +572,20 @@ func (p *Provider) pace(ctx context.Context) (func(error), error) {
 // Limiter that fails (its store unreachable) lets the request go: the
 // pacer, which the request has passed, is the fallback. The failure is
 // counted and logged at most once a minute; the Limiter's error is not
-// wrapped into the read's, since it says nothing about the secret.
-func (p *Provider) limit(wait context.Context) error {
+// wrapped into the read's, since it says nothing about the secret. A
+// Limiter that panics counts as failing.
+func (p *Provider) limit(wait context.Context) (err error) {
 	l := p.cfg.limiter
 	if l == nil {
 		return nil
 	}
-	// The Provider's first request meets the vault's authentication
-	// challenge: two requests reach the vault, so it takes two turns, at
-	// once.
-	n := 1
-	first := p.challenged.CompareAndSwap(false, true)
-	if first {
-		n = 2
-	}
-	err := l.Wait(wait, p.host, n)
-	if err != nil && first {
-		p.challenged.Store(false) // the next request meets the challenge
-	}
+	err = p.callLimiter(l, wait)
 	if err == nil {
 		p.limited.Add(1)
 		return nil
 	}
-	if cause := context.Cause(wait); cause != nil {
-		if c := context.Cause(p.ctx); c != nil {
-			cause = c // closed
-		} else if errors.Is(cause, context.Canceled) {
-			cause = errPacingAbandoned // every caller gave up (goneCtx)
-		}
-		return &pacingError{cause}
+	if wait.Err() != nil {
+		return p.waitEnded(wait)
 	}
 	p.limiterFailures.Add(1)
 	now := time.Now().UnixNano()
@@ -490,12 +597,24 @@ func (p *Provider) limit(wait context.Context) error {
 	return nil
 }
 
+// errLimiterPanicked is a Limiter's panic, as a failure.
+var errLimiterPanicked = errors.New("kvsecrets: the Limiter panicked")
+
+func (p *Provider) callLimiter(l Limiter, wait context.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = errLimiterPanicked // the panic value is not logged: it is the Limiter's
+		}
+	}()
+	return l.Wait(wait, p.host)
+}
+
 // await waits until flight f of e is done or ctx ends. The last caller to
 // give up on a caller's first read whose request still waits for its turn
 // abandons it, so that reads nobody waits for do not hold the queue; a
 // later caller starts a new one.
 func (p *Provider) await(ctx context.Context, e *entry, f *flight) error {
-	if f.gone == nil {
+	if !f.retry {
 		select {
 		case <-f.done:
 			return nil
@@ -513,9 +632,11 @@ func (p *Provider) await(ctx context.Context, e *entry, f *flight) error {
 	}
 	e.mu.Lock()
 	f.waiters--
-	if f.waiters == 0 && !f.abandoned && !f.sent.Load() {
+	if f.waiters == 0 && !f.abandoned && f.phase.CompareAndSwap(flightWaiting, flightAbandoned) {
 		f.abandoned = true
-		f.abandon()
+		if f.abandon != nil {
+			f.abandon()
+		}
 	}
 	e.mu.Unlock()
 	return ctx.Err()

@@ -52,8 +52,17 @@ func TestPacerSlowStart(t *testing.T) {
 		// A window in which requests waited and none was throttled
 		// doubles the rate, up to MaxReadRate.
 		time.Sleep(pacingWindow)
-		for _, want := range []float64{200, 400, 400} {
-			take(t, pc, int(2*pacingWindow.Seconds()*pc.currentRate())) // keeps requests waiting for a window
+		take(t, pc, 1) // the next window: the one of the 100 doubles the rate
+		if r := pc.currentRate(); r != 2*pacingInitialRate {
+			t.Fatalf("rate %v after the first busy window, want %v", r, 2*pacingInitialRate)
+		}
+		for _, want := range []float64{400, 400} {
+			// Requests waiting for their turn for a whole window, then
+			// one in the next.
+			for end := time.Now().Add(pacingWindow); time.Now().Before(end); {
+				take(t, pc, 1)
+			}
+			take(t, pc, 1)
 			if r := pc.currentRate(); r != want {
 				t.Fatalf("rate %v after a busy window, want %v", r, want)
 			}
@@ -289,10 +298,11 @@ func TestPacingQueuedCountsAgainstCaller(t *testing.T) {
 		if err := p.Preload(ctx, names...); err != nil {
 			t.Fatalf("Preload: %v", err)
 		}
-		// One, then the rest of the burst of four once it is answered
-		// (the reads asking meanwhile wait for it), then one a second.
-		if d := time.Since(start); d != 16*time.Second {
-			t.Fatalf("Preload took %v, want 16s", d)
+		// Four requests at once (the first read's challenge, its
+		// request with a token, two more reads; the others wait for the
+		// first read), then one a second for the other 17.
+		if d := time.Since(start); d != 17*time.Second {
+			t.Fatalf("Preload took %v, want 17s", d)
 		}
 		if st := p.Stats(); st.PacedReads < 16 || st.PacedReads > 19 || st.ReadRate != 1 {
 			t.Fatalf("stats %+v", st)

@@ -55,10 +55,6 @@ func (p *Provider) beginFlight(e *entry, kind int, seen *state, background bool)
 	e.seq++
 	f := &flight{seq: e.seq, background: background, retry: !background && !st.hasValue && e.lastVersion == "",
 		done: make(chan struct{})}
-	if f.retry {
-		f.goneCtx, f.abandon = context.WithCancel(p.ctx)
-		f.gone = f.goneCtx.Done()
-	}
 	if e.flights == nil {
 		e.flights = new([numFlights]*flight)
 	}
@@ -139,10 +135,12 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int) {
 		log.LogAttrs(p.ctx, slog.LevelDebug, "kvsecrets: read secret", attrs...)
 	}
 	e.mu.Lock()
-	if e.flights[kind] == f { // an abandoned read may have been replaced
+	// An abandoned read may have been replaced, and its replacement may
+	// even have finished first.
+	if e.flights != nil && e.flights[kind] == f {
 		e.flights[kind] = nil
 	}
-	if *e.flights == ([numFlights]*flight{}) {
+	if e.flights != nil && *e.flights == ([numFlights]*flight{}) {
 		e.flights = nil
 	}
 	rerun := kind == flightForced && e.rerun
@@ -158,9 +156,6 @@ func (p *Provider) runFlight(e *entry, f *flight, kind int) {
 		p.startFlight(e, flightForced, nil)
 	}
 	p.drainRotations(e)
-	if f.abandon != nil {
-		f.abandon() // releases goneCtx; the read is over
-	}
 	close(f.done)
 	if f.background {
 		p.release()
@@ -178,27 +173,47 @@ func (p *Provider) fetch(e *entry, f *flight) (got fetched, err error) {
 	retry := f.retry
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	defer cancel(nil)
+	// FetchTimeout starts when the read's first request is sent; until
+	// its first request with a token goes, it stops while a request waits
+	// for its turn (pacing.go), which counts against the callers instead.
+	// timeout is nil while it is held.
 	var timeout *time.Timer
-	start := func() {
-		f.sent.Store(true)
+	left, until := p.cfg.fetchTimeout, time.Time{}
+	run := func() {
 		if timeout == nil {
-			timeout = time.AfterFunc(p.cfg.fetchTimeout, func() { cancel(errFetchTimeout) })
+			until = time.Now().Add(left)
+			timeout = time.AfterFunc(left, func() { cancel(errFetchTimeout) })
 		}
+	}
+	hold := func() {
+		if timeout != nil && timeout.Stop() {
+			left, timeout = max(time.Until(until), 0), nil
+		}
+	}
+	defer hold()
+	sent := func() bool {
+		return f.phase.CompareAndSwap(flightWaiting, flightSent) || f.phase.Load() == flightSent
 	}
 	if p.pacer == nil && p.cfg.limiter == nil {
-		start()
+		sent()
+		run()
 	} else {
-		wait := ctx // what bounds a request's wait for its turn
-		if f.goneCtx != nil {
+		wait := ctx // what bounds the first request's wait for its turn
+		if f.retry {
+			// A caller's first read: abandoned (gone) when every caller
+			// waiting for it gave up before it was sent (await). The
+			// context is the fetch's child, so that it is released with
+			// it.
+			e.mu.Lock()
+			f.goneCtx, f.abandon = context.WithCancel(ctx)
+			if f.abandoned {
+				f.abandon()
+			}
+			e.mu.Unlock()
 			wait = f.goneCtx
 		}
-		ctx = context.WithValue(ctx, pacedReadKey{}, &pacedRead{gone: f.gone, wait: wait, start: start})
+		ctx = context.WithValue(ctx, pacedReadKey{}, &pacedRead{wait: wait, sent: sent, run: run, hold: hold})
 	}
-	defer func() {
-		if timeout != nil {
-			timeout.Stop()
-		}
-	}()
 	defer func() {
 		if r := recover(); r != nil {
 			// The panic value is not logged: it might hold response data.
@@ -274,13 +289,8 @@ func (p *Provider) retryThrottled(err error, attempt int) (time.Duration, bool) 
 
 // getSecret reads one version ("" for the latest) of e's secret.
 func (p *Provider) getSecret(ctx context.Context, e *entry, version string) (Secret, error) {
-	sent, err := p.pace(ctx)
-	if err != nil {
-		return Secret{}, err
-	}
 	p.vaultRequests.Add(1)
 	resp, err := p.client.GetSecret(ctx, e.name, version, nil)
-	sent(err)
 	if err != nil {
 		return Secret{}, err
 	}

@@ -46,7 +46,6 @@ type Provider struct {
 
 	limited, limiterFailures atomic.Uint64 // Options.Limiter's answers: turns given, failures
 	limiterLog               atomic.Int64  // Unix nanoseconds of the last log of a Limiter failure
-	challenged               atomic.Bool   // the first request, which meets the challenge, took its two turns
 
 	entries                                                         atomic.Int64
 	negativeHits, misses, vaultRequests, refreshes, refreshFailures atomic.Uint64
@@ -77,11 +76,22 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 			return nil, fmt.Errorf("kvsecrets: default Azure credential: %w", err)
 		}
 	}
-	client, err := azsecrets.NewClient(u, markedCredential{cred}, sdkOptions(cfg.clientOptions))
+	var pp *pacePolicy
+	var gate *probeGate
+	if !cfg.noPacing || cfg.limiter != nil {
+		pp, gate = &pacePolicy{}, newProbeGate()
+	}
+	client, err := azsecrets.NewClient(u, markedCredential{cred}, sdkOptions(cfg.clientOptions, gate, pp))
 	if err != nil {
 		return nil, fmt.Errorf("kvsecrets: %w", err)
 	}
 	p := &Provider{client: client, vaultURL: u, cfg: cfg, cred: cred}
+	if pp != nil {
+		pp.p = p
+	}
+	if gate != nil {
+		gate.p = p
+	}
 	if opts != nil {
 		p.opts = *opts
 	}
@@ -110,7 +120,7 @@ var retriedStatusCodes = []int{http.StatusRequestTimeout, http.StatusInternalSer
 // sdkOptions returns the client options the Provider gives azsecrets: the
 // caller's, with 429 left to the Provider unless the caller chose the
 // retried status codes. The caller's struct is not modified.
-func sdkOptions(o *azsecrets.ClientOptions) *azsecrets.ClientOptions {
+func sdkOptions(o *azsecrets.ClientOptions, gate *probeGate, pace *pacePolicy) *azsecrets.ClientOptions {
 	c := azsecrets.ClientOptions{}
 	if o != nil {
 		c = *o
@@ -119,6 +129,12 @@ func sdkOptions(o *azsecrets.ClientOptions) *azsecrets.ClientOptions {
 		c.Retry.StatusCodes = retriedStatusCodes
 	}
 	c.PerRetryPolicies = append(slices.Clone(c.PerRetryPolicies), configFailFast{})
+	if pace != nil {
+		c.PerRetryPolicies = append(c.PerRetryPolicies, pace)
+	}
+	if gate != nil {
+		c.PerCallPolicies = append(slices.Clone(c.PerCallPolicies), gate)
+	}
 	return &c
 }
 

@@ -172,12 +172,7 @@ func (p *Provider) listVersions(ctx context.Context, e *entry) ([]listedVersion,
 	p.vaultRequests.Add(1)
 	pager := p.client.NewListSecretPropertiesVersionsPager(e.name, nil)
 	for pager.More() {
-		sent, err := p.pace(ctx)
-		if err != nil {
-			return nil, err
-		}
 		page, err := pager.NextPage(ctx)
-		sent(err)
 		if err != nil {
 			return nil, err
 		}

@@ -127,10 +127,7 @@
 // it. The bound, exactly: the turns booked by all the Limiters sharing a
 // key, each at the moment Redis's clock booked it for, number at most
 // Limit+Burst in any period of length Window; with callers always
-// waiting, Limit per Window. A Wait for n turns (a Provider's first
-// request takes 2: it meets the vault's authentication challenge, two
-// requests for one) moves the bucket n turns on and sends its n requests
-// at the first, so count n-1 more in the window it falls in. Requests reach the vault later than their
+// waiting, Limit per Window. Requests reach the vault later than their
 // turns by the round trip to Redis and the instance's own delays, which
 // vary: count a request or two of slack beyond Limit+Burst, and set Limit
 // below the vault's throttle by Burst and whatever other applications of

@@ -53,12 +53,12 @@ func ExampleNewLimiter() {
 	}
 	key, err := p.Get(ctx, "ApiKey")
 	fmt.Println("ApiKey:", key, err)
-	// 3 turns for 2 reads: the first request meets the vault's
-	// authentication challenge, two requests for one.
+	// 3 turns for 2 reads: the first meets the vault's authentication
+	// challenge, two requests for one.
 	fmt.Println("turns granted:", limiter.Status().Granted, p.Stats().LimitedReads)
 	fmt.Println("Redis keys:", mr.Keys())
 	// Output:
 	// ApiKey: key-1 <nil>
-	// turns granted: 3 2
+	// turns granted: 3 3
 	// Redis keys: [kvsecrets:limit:kvtest.vault.azure.net]
 }

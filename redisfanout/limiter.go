@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,8 +33,6 @@ const (
 	// MaxHostLen is the longest vault host Wait accepts (a DNS name's 253
 	// bytes, a port and some slack): 255 bytes.
 	MaxHostLen = 255
-	// MaxTurns is the most turns one Limiter.Wait may ask for.
-	MaxTurns = 16
 )
 
 // Fixed tuning of the circuit breaker.
@@ -49,10 +46,6 @@ const (
 // holding anything but ASCII letters, digits and ".-:[]" (host[:port], or
 // a bracketed IPv6 address).
 var ErrInvalidVault = errors.New("redisfanout: vault is not a host name")
-
-// ErrInvalidTurns is returned by Limiter.Wait, without asking Redis, for a
-// number of turns outside 1 to MaxTurns.
-var ErrInvalidTurns = errors.New("redisfanout: turns asked for outside 1 to MaxTurns")
 
 // ErrBreakerOpen is the class of the *Error that Limiter.Wait returns at
 // once, without asking Redis, while its circuit breaker is open after a
@@ -304,11 +297,9 @@ func (l *Limiter) Status() LimiterStatus {
 	return s
 }
 
-// Wait returns nil when n requests (1 to MaxTurns) to vault, a host such
-// as "myvault.vault.azure.net", may be sent: a Provider asks for 2 for its
-// first request, which meets the vault's authentication challenge. It
-// reserves the next n turns in the vault's bucket in one Redis call and
-// sleeps until the first; when the
+// Wait returns nil when one request to vault, a host such as
+// "myvault.vault.azure.net", may be sent. It reserves the next turn in the
+// vault's bucket in one Redis call and sleeps until that turn; when the
 // turn would be further ahead than MaxWait it reserves nothing, pauses
 // and asks again. It returns ctx's error if ctx ends first; a turn
 // reserved and not used is then wasted (the fleet sends one request fewer
@@ -316,16 +307,11 @@ func (l *Limiter) Status() LimiterStatus {
 // answer within Timeout, and then, without asking Redis, an *Error of
 // class ErrBreakerOpen until the breaker lets a Wait try Redis again (see
 // LimiterStatus). A vault that is not a host is refused with
-// ErrInvalidVault, and n out of range with ErrInvalidTurns, without
-// asking Redis.
-func (l *Limiter) Wait(ctx context.Context, vault string, n int) error {
+// ErrInvalidVault, without asking Redis.
+func (l *Limiter) Wait(ctx context.Context, vault string) error {
 	if len(vault) > MaxHostLen || !validHost(strings.ToLower(vault)) {
 		l.invalid.Add(1)
 		return ErrInvalidVault
-	}
-	if n < 1 || n > MaxTurns {
-		l.invalid.Add(1)
-		return ErrInvalidTurns
 	}
 	key := l.cfg.prefix + strings.ToLower(vault)
 	for {
@@ -338,14 +324,20 @@ func (l *Limiter) Wait(ctx context.Context, vault string, n int) error {
 			l.fastFails.Add(1)
 			return err
 		}
-		r, err := l.reserve(ctx, key, int64(n))
+		asked := time.Now()
+		r, err := l.reserve(ctx, key)
 		if err != nil {
-			if ctx.Err() != nil {
+			e := classify("limit", err)
+			// A caller whose deadline came before Timeout's may see Redis
+			// time out before its context says so: that is the caller's
+			// deadline, not a Redis failure, and opens no breaker.
+			dl, bounded := ctx.Deadline()
+			if ctx.Err() != nil || (bounded && dl.Before(asked.Add(l.cfg.timeout)) && errors.Is(e, ErrTimeout)) {
 				l.br.abandon(probe)
 				l.canceled.Add(1)
+				<-ctx.Done() // its deadline, now or within moments
 				return ctx.Err()
 			}
-			e := classify("limit", err)
 			l.failures.Add(1)
 			if l.br.fail(probe, e, time.Now()) {
 				l.cfg.logger.Warn("redisfanout: the Limiter's Redis failed; Providers pace their requests by themselves until it answers",
@@ -378,7 +370,7 @@ func (l *Limiter) Wait(ctx context.Context, vault string, n int) error {
 			}
 			l.waitedNS.Add(uint64(d))
 		}
-		l.granted.Add(uint64(n))
+		l.granted.Add(1)
 		return nil
 	}
 }
@@ -398,26 +390,24 @@ func sleep(ctx context.Context, d time.Duration) error {
 // gcraScript reserves a turn in the bucket KEYS[1], which holds its
 // theoretical arrival time (TAT) in µs on Redis's clock: ARGV[1] is the
 // interval between turns in µs, ARGV[2] the burst (turns beyond the steady
-// rate), ARGV[3] the longest wait to reserve in µs, ARGV[4] the turns
-// asked for (1 to MaxTurns). It returns {ok, wait,
+// rate), ARGV[3] the longest wait to reserve in µs. It returns {ok, wait,
 // now, tat before, tat after}: ok 1 with the wait in µs when a turn was
 // reserved, 0 with the wait it would have had when that is over ARGV[3]
 // (and nothing changes). The key expires when the bucket is full again.
 // A TAT that is not a number, negative, or further ahead than a turn is
-// ever booked (maxWait + burst×interval + MaxTurns×interval: set by someone else,
+// ever booked (maxWait + burst×interval + interval: set by someone else,
 // or left by a Redis whose clock went back, as after a failover) counts as
 // absent.
 // Numbers are µs since the epoch, below 2^53, so Lua's doubles hold them
 // exactly; '%.0f' writes them without an exponent. gcra is the same in Go.
-var gcraScript = redis.NewScript(strings.ReplaceAll(`
+var gcraScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2]) * interval
 local maxWait = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
 local old = tonumber(redis.call('GET', KEYS[1]) or '')
-if not old or old ~= old or old < 0 or old > now + maxWait + tau + MAXTURNS * interval then old = now end
+if not old or old ~= old or old < 0 or old > now + maxWait + tau + interval then old = now end
 local tat = old
 if tat < now then tat = now end
 local wait = tat - tau - now
@@ -425,20 +415,20 @@ if wait < 0 then wait = 0 end
 if wait > maxWait then
 	return {0, wait, now, old, old}
 end
-local new = tat + n * interval
+local new = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', string.format('%.0f', math.ceil((new - now) / 1000)))
 return {1, wait, now, old, new}
-`, "MAXTURNS", strconv.Itoa(MaxTurns)))
+`)
 
-// gcra is the generic cell rate algorithm of gcraScript, in µs: n turns
-// asked for at now, with the bucket's theoretical arrival time tat, are
-// given after wait, and the bucket's tat becomes newTAT (n intervals on); unless wait would
+// gcra is the generic cell rate algorithm of gcraScript, in µs: a turn
+// asked for at now, with the bucket's theoretical arrival time tat, is
+// given after wait, and the bucket's tat becomes newTAT; unless wait would
 // exceed maxWait (ok false, newTAT = tat). An absent bucket has tat = now.
 // The turns it gives, at now+wait, are at least interval apart beyond the
 // first burst+1, so that any period of length Limit×interval holds at most
 // Limit+burst of them.
-func gcra(tat, now, interval, burst, maxWait, n int64) (newTAT, wait int64, ok bool) {
-	if tat < 0 || tat > now+maxWait+burst*interval+MaxTurns*interval {
+func gcra(tat, now, interval, burst, maxWait int64) (newTAT, wait int64, ok bool) {
+	if tat < 0 || tat > now+maxWait+burst*interval+interval {
 		tat = now
 	}
 	t := max(tat, now)
@@ -446,7 +436,7 @@ func gcra(tat, now, interval, burst, maxWait, n int64) (newTAT, wait int64, ok b
 	if wait > maxWait {
 		return tat, wait, false
 	}
-	return t + n*interval, wait, true
+	return t + interval, wait, true
 }
 
 // reservation is gcraScript's answer.
@@ -455,14 +445,14 @@ type reservation struct {
 	wait, now, old, tat int64 // µs
 }
 
-func (l *Limiter) reserve(ctx context.Context, key string, n int64) (reservation, error) {
+func (l *Limiter) reserve(ctx context.Context, key string) (reservation, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.timeout)
 	defer cancel()
-	return runGCRA(ctx, l.client, key, l.cfg.interval, l.cfg.burst, l.cfg.maxWait, n)
+	return runGCRA(ctx, l.client, key, l.cfg.interval, l.cfg.burst, l.cfg.maxWait)
 }
 
-func runGCRA(ctx context.Context, c redis.Scripter, key string, interval, burst, maxWait, n int64) (reservation, error) {
-	return parseReservation(gcraScript.Run(ctx, c, []string{key}, interval, burst, maxWait, n).Int64Slice())
+func runGCRA(ctx context.Context, c redis.Scripter, key string, interval, burst, maxWait int64) (reservation, error) {
+	return parseReservation(gcraScript.Run(ctx, c, []string{key}, interval, burst, maxWait).Int64Slice())
 }
 
 func parseReservation(v []int64, err error) (reservation, error) {

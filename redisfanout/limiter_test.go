@@ -112,7 +112,7 @@ func TestLimiterFleetBound(t *testing.T) {
 					}
 					left--
 					mu.Unlock()
-					if err := l.Wait(ctx, "fleet.vault.azure.net", 1); err != nil {
+					if err := l.Wait(ctx, "fleet.vault.azure.net"); err != nil {
 						mu.Lock()
 						errs = append(errs, err)
 						mu.Unlock()
@@ -177,16 +177,14 @@ func TestLimiterLuaAgreesWithGo(t *testing.T) {
 	if err := gcraScript.Load(ctx, c).Err(); err != nil {
 		t.Fatal(err)
 	}
-	type params struct{ interval, burst, maxWait, n int64 }
+	type params struct{ interval, burst, maxWait int64 }
 	for _, p := range []params{
-		{100_000, 3, 500_000, 1},
-		{2_500, 40, 100_000, 1},
-		{1, 0, 0, 1},
-		{7_777, 1, 20_000, 1},
-		{100_000, 3, 500_000, 2}, // a Provider's first request, with its challenge
-		{2_500, 40, 100_000, MaxTurns},
+		{100_000, 3, 500_000},
+		{2_500, 40, 100_000},
+		{1, 0, 0},
+		{7_777, 1, 20_000},
 	} {
-		key := fmt.Sprintf("test:gcra:%d:%d:%d:%d", p.interval, p.burst, p.maxWait, p.n)
+		key := fmt.Sprintf("test:gcra:%d:%d:%d", p.interval, p.burst, p.maxWait)
 		check := func(what string) reservation {
 			t.Helper()
 			// The script, GET and PTTL in one transaction: no time passes
@@ -195,7 +193,7 @@ func TestLimiterLuaAgreesWithGo(t *testing.T) {
 			var get *redis.StringCmd
 			var pttl *redis.DurationCmd
 			if _, err := c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-				eval = gcraScript.EvalSha(ctx, pipe, []string{key}, p.interval, p.burst, p.maxWait, p.n)
+				eval = gcraScript.EvalSha(ctx, pipe, []string{key}, p.interval, p.burst, p.maxWait)
 				get = pipe.Get(ctx, key)
 				pttl = pipe.PTTL(ctx, key)
 				return nil
@@ -206,7 +204,7 @@ func TestLimiterLuaAgreesWithGo(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tat, wait, ok := gcra(r.old, r.now, p.interval, p.burst, p.maxWait, p.n)
+			tat, wait, ok := gcra(r.old, r.now, p.interval, p.burst, p.maxWait)
 			if ok != r.ok || wait != r.wait || tat != r.tat {
 				t.Fatalf("%+v %s: Lua answered %+v; Go gcra(%d, %d) = %d, %d, %v", p, what, r, r.old, r.now, tat, wait, ok)
 			}
@@ -229,7 +227,7 @@ func TestLimiterLuaAgreesWithGo(t *testing.T) {
 		refused := false
 		for i := range 200 {
 			r := check(fmt.Sprintf("call %d", i+2))
-			if int64(i+1)*p.n <= p.burst && r.wait != 0 {
+			if int64(i+1) <= p.burst && r.wait != 0 {
 				t.Fatalf("%+v: call %d within the burst waits %dµs", p, i+2, r.wait)
 			}
 			if !r.ok {
@@ -262,10 +260,10 @@ func TestLimiterLuaAgreesWithGo(t *testing.T) {
 	}
 	// The Go function's own guard against garbage, which Lua answers
 	// before Go sees it.
-	if tat, wait, ok := gcra(-5, 1000, 10, 0, 100, 1); tat != 1010 || wait != 0 || !ok {
+	if tat, wait, ok := gcra(-5, 1000, 10, 0, 100); tat != 1010 || wait != 0 || !ok {
 		t.Errorf("gcra(-5, …) = %d, %d, %v", tat, wait, ok)
 	}
-	if tat, wait, ok := gcra(1000+100+MaxTurns*10+1, 1000, 10, 0, 100, 1); tat != 1010 || wait != 0 || !ok {
+	if tat, wait, ok := gcra(1000+100+10+1, 1000, 10, 0, 100); tat != 1010 || wait != 0 || !ok {
 		t.Errorf("gcra(far ahead, …) = %d, %d, %v", tat, wait, ok)
 	}
 }
@@ -276,20 +274,17 @@ func TestGCRA(t *testing.T) {
 	cases := []struct {
 		tat, now, newTAT, wait int64
 		ok                     bool
-		n                      int64
 	}{
-		{0, 1000, 1100, 0, true, 1},     // absent: a turn now
-		{900, 1000, 1100, 0, true, 1},   // idle: as absent
-		{1000, 1000, 1100, 0, true, 1},  // one turn taken: within the burst
-		{1200, 1000, 1300, 0, true, 1},  // burst×interval ahead: still at once
-		{1250, 1000, 1350, 50, true, 1}, // past the burst: wait
-		{1450, 1000, 1550, 250, true, 1},
-		{1451, 1000, 1451, 251, false, 1}, // over MaxWait: refused, unchanged
-		{1000, 1000, 1200, 0, true, 2},    // two turns: the bucket moves two intervals
-		{1250, 1000, 1450, 50, true, 2},
+		{0, 1000, 1100, 0, true},     // absent: a turn now
+		{900, 1000, 1100, 0, true},   // idle: as absent
+		{1000, 1000, 1100, 0, true},  // one turn taken: within the burst
+		{1200, 1000, 1300, 0, true},  // burst×interval ahead: still at once
+		{1250, 1000, 1350, 50, true}, // past the burst: wait
+		{1450, 1000, 1550, 250, true},
+		{1451, 1000, 1451, 251, false}, // over MaxWait: refused, unchanged
 	}
 	for _, c := range cases {
-		tat, wait, ok := gcra(c.tat, c.now, iv, burst, maxWait, c.n)
+		tat, wait, ok := gcra(c.tat, c.now, iv, burst, maxWait)
 		if tat != c.newTAT || wait != c.wait || ok != c.ok {
 			t.Errorf("gcra(%d, %d) = %d, %d, %v; want %d, %d, %v", c.tat, c.now, tat, wait, ok, c.newTAT, c.wait, c.ok)
 		}
@@ -302,7 +297,7 @@ func TestLimiterKeyExpiresWhenIdle(t *testing.T) {
 	c := limiterClient(t, srv.Addr())
 	l := newTestLimiter(t, c, LimiterOptions{Limit: 20, Window: time.Second})
 	ctx := deadline(t)
-	if err := l.Wait(ctx, "Idle.Vault.Azure.Net", 1); err != nil {
+	if err := l.Wait(ctx, "Idle.Vault.Azure.Net"); err != nil {
 		t.Fatal(err)
 	}
 	key := DefaultLimitPrefix + "idle.vault.azure.net"
@@ -332,12 +327,12 @@ func TestLimiterRedisKilled(t *testing.T) {
 	})
 	ctx := deadline(t)
 	const host = "killed.vault.azure.net"
-	if err := l.Wait(ctx, host, 1); err != nil {
+	if err := l.Wait(ctx, host); err != nil {
 		t.Fatal(err)
 	}
 	srv.stop()
 	t0 := time.Now()
-	err := l.Wait(ctx, host, 1)
+	err := l.Wait(ctx, host)
 	took := time.Since(t0)
 	var e *Error
 	if !errors.As(err, &e) || e.Op != "limit" || !(errors.Is(err, ErrUnreachable) || errors.Is(err, ErrTimeout)) {
@@ -350,7 +345,7 @@ func TestLimiterRedisKilled(t *testing.T) {
 	t0 = time.Now()
 	const n = 2000
 	for range n {
-		err := l.Wait(ctx, host, 1)
+		err := l.Wait(ctx, host)
 		if err == nil {
 			t.Fatal("Wait succeeded with Redis killed")
 		}
@@ -369,12 +364,12 @@ func TestLimiterRedisKilled(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatalf("the breaker's pause did not grow to 400ms: %+v", l.Status())
 		}
-		l.Wait(ctx, host, 1)
+		l.Wait(ctx, host)
 		time.Sleep(20 * time.Millisecond)
 	}
 	srv.restart()
 	for {
-		err := l.Wait(ctx, host, 1)
+		err := l.Wait(ctx, host)
 		if err == nil {
 			break
 		}
@@ -398,7 +393,7 @@ func TestLimiterRedisHung(t *testing.T) {
 	})
 	ctx := deadline(t)
 	const host = "hung.vault.azure.net"
-	if err := l.Wait(ctx, host, 1); err != nil {
+	if err := l.Wait(ctx, host); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
@@ -413,7 +408,7 @@ func TestLimiterRedisHung(t *testing.T) {
 	}
 	defer resume()
 	t0 := time.Now()
-	err := l.Wait(ctx, host, 1)
+	err := l.Wait(ctx, host)
 	took := time.Since(t0)
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Wait with Redis hung = %v, want ErrTimeout", err)
@@ -421,7 +416,7 @@ func TestLimiterRedisHung(t *testing.T) {
 	if took > timeout+2*time.Second {
 		t.Errorf("Wait took %v with Redis hung; Timeout %v", took, timeout)
 	}
-	if err := l.Wait(ctx, host, 1); !errors.Is(err, ErrBreakerOpen) || !errors.Is(err, ErrTimeout) {
+	if err := l.Wait(ctx, host); !errors.Is(err, ErrBreakerOpen) || !errors.Is(err, ErrTimeout) {
 		t.Errorf("next Wait = %v, want ErrBreakerOpen wrapping ErrTimeout", err)
 	}
 	if st := l.Status(); st.Failures != 1 || st.FastFails != 1 {
@@ -429,7 +424,7 @@ func TestLimiterRedisHung(t *testing.T) {
 	}
 	resume()
 	for {
-		if err := l.Wait(ctx, host, 1); err == nil {
+		if err := l.Wait(ctx, host); err == nil {
 			break
 		} else if ctx.Err() != nil {
 			t.Fatalf("Wait did not work again after SIGCONT: %v", err)
@@ -450,13 +445,13 @@ func TestLimiterContextEndsWhileWaiting(t *testing.T) {
 	})
 	ctx := deadline(t)
 	const host = "slow.vault.azure.net"
-	if err := l.Wait(ctx, host, 1); err != nil {
+	if err := l.Wait(ctx, host); err != nil {
 		t.Fatal(err)
 	}
 	<-reserved
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- l.Wait(wctx, host, 1) }()
+	go func() { done <- l.Wait(wctx, host) }()
 	<-reserved // the next turn, 30 s ahead, is booked
 	t0 := time.Now()
 	cancel()
@@ -473,7 +468,7 @@ func TestLimiterContextEndsWhileWaiting(t *testing.T) {
 	}
 	dctx, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel2()
-	if err := l.Wait(dctx, host, 1); !errors.Is(err, context.DeadlineExceeded) {
+	if err := l.Wait(dctx, host); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Wait with a 100ms deadline = %v", err)
 	}
 	st := l.Status()
@@ -485,14 +480,14 @@ func TestLimiterContextEndsWhileWaiting(t *testing.T) {
 	// nothing and waits to ask again.
 	short := newTestLimiter(t, c, LimiterOptions{Limit: 1, Window: 30 * time.Second, Burst: -1, MaxWait: time.Second})
 	const host2 = "slower.vault.azure.net"
-	if err := short.Wait(ctx, host2, 1); err != nil {
+	if err := short.Wait(ctx, host2); err != nil {
 		t.Fatal(err)
 	}
 	key := DefaultLimitPrefix + host2
 	before := c.Get(ctx, key).Val()
 	dctx, cancel3 := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel3()
-	if err := short.Wait(dctx, host2, 1); !errors.Is(err, context.DeadlineExceeded) {
+	if err := short.Wait(dctx, host2); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Wait beyond MaxWait = %v", err)
 	}
 	if st := short.Status(); st.Deferred < 1 || st.Granted != 1 {
@@ -516,7 +511,7 @@ func TestLimiterRefusesInvalidVaults(t *testing.T) {
 		strings.Repeat("a", MaxHostLen+1), strings.Repeat("v.", 1<<19), "https://v.vault.azure.net/",
 	}
 	for _, v := range bad {
-		err := l.Wait(t.Context(), v, 1)
+		err := l.Wait(t.Context(), v)
 		if !errors.Is(err, ErrInvalidVault) {
 			t.Errorf("Wait(%.40q) = %v, want ErrInvalidVault", v, err)
 		}
@@ -530,12 +525,7 @@ func TestLimiterRefusesInvalidVaults(t *testing.T) {
 	}
 	// A plausible host does reach Redis (and fails here: go-redis may
 	// wait for its dial until the call's deadline).
-	for _, n := range []int{0, -1, MaxTurns + 1} {
-		if err := l.Wait(t.Context(), "ok.vault.azure.net", n); !errors.Is(err, ErrInvalidTurns) {
-			t.Errorf("Wait(n=%d) = %v, want ErrInvalidTurns", n, err)
-		}
-	}
-	if err := l.Wait(t.Context(), strings.Repeat("a", MaxHostLen-4)+":443", 1); !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrTimeout) {
+	if err := l.Wait(t.Context(), strings.Repeat("a", MaxHostLen-4)+":443"); !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrTimeout) {
 		t.Errorf("Wait(valid host) = %v, want ErrUnreachable or ErrTimeout with nothing listening", err)
 	}
 }
@@ -683,7 +673,9 @@ func TestLimiterWithProviders(t *testing.T) {
 	}
 	for i, p := range ps {
 		st := p.Stats()
-		if st.LimitedReads != secrets+1 || st.LimiterFailures != 0 || st.Throttled != 0 {
+		// Every read request took a turn: the first Get's challenge and
+		// its request with a token, then the secrets preloaded.
+		if st.LimitedReads != secrets+2 || st.LimiterFailures != 0 || st.Throttled != 0 {
 			t.Errorf("Provider %d stats: %+v", i, st)
 		}
 	}

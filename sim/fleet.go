@@ -403,8 +403,8 @@ func newSharedLimiter(limit int, window time.Duration) *sharedLimiter {
 	return &sharedLimiter{interval: interval, tolerance: interval * time.Duration(limit/100)}
 }
 
-// Wait reserves the next n turns and waits for them.
-func (l *sharedLimiter) Wait(ctx context.Context, vault string, n int) error {
+// Wait reserves the next turn and waits for it.
+func (l *sharedLimiter) Wait(ctx context.Context, vault string) error {
 	now := time.Now()
 	l.mu.Lock()
 	tat := l.tat
@@ -412,7 +412,7 @@ func (l *sharedLimiter) Wait(ctx context.Context, vault string, n int) error {
 		tat = now
 	}
 	wait := tat.Sub(now) - l.tolerance
-	l.tat = tat.Add(time.Duration(n) * l.interval)
+	l.tat = tat.Add(l.interval)
 	l.mu.Unlock()
 	if wait <= 0 {
 		return nil

@@ -52,15 +52,15 @@ func newLim(t testing.TB, c redis.UniversalClient, o *redisfanout.LimiterOptions
 
 // waitGuard runs l.Wait and fails the test if it has not returned after
 // guard (a hang detector only: guard is many times any documented bound).
-func waitGuard(t *testing.T, l *redisfanout.Limiter, ctx context.Context, vault string, n int, guard time.Duration) error {
+func waitGuard(t *testing.T, l *redisfanout.Limiter, ctx context.Context, vault string, guard time.Duration) error {
 	t.Helper()
 	ch := make(chan error, 1)
-	go func() { ch <- l.Wait(ctx, vault, n) }()
+	go func() { ch <- l.Wait(ctx, vault) }()
 	select {
 	case err := <-ch:
 		return err
 	case <-time.After(guard):
-		t.Fatalf("Wait(%q, %d) still blocked after %v", vault, n, guard)
+		t.Fatalf("Wait(%q) still blocked after %v", vault, guard)
 		return nil
 	}
 }
@@ -68,7 +68,7 @@ func waitGuard(t *testing.T, l *redisfanout.Limiter, ctx context.Context, vault 
 // Promise: "the turns booked by all the Limiters sharing a key ... number at
 // most Limit+Burst in any period of length Window". Six Limiters on three
 // clients, 24 goroutines waiting as fast as they can for about 3 s: the turns
-// granted number at most Limit×elapsed/Window + Burst (+ MaxTurns slack).
+// granted number at most Limit×elapsed/Window + Burst (+ 1 of slack).
 func TestLimiterFleetBoundAcrossClients(t *testing.T) {
 	needRedis(t)
 	r := startRedis(t)
@@ -88,10 +88,9 @@ func TestLimiterFleetBoundAcrossClients(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			l := lims[g%len(lims)]
-			n := 1 + g%3
 			for ctx.Err() == nil {
-				if err := l.Wait(ctx, "fleet.vault.azure.net", n); err == nil {
-					granted.Add(int64(n))
+				if err := l.Wait(ctx, "fleet.vault.azure.net"); err == nil {
+					granted.Add(1)
 				} else if ctx.Err() == nil {
 					t.Errorf("Wait: %v", err)
 					return
@@ -101,7 +100,7 @@ func TestLimiterFleetBoundAcrossClients(t *testing.T) {
 	}
 	wg.Wait()
 	el := time.Since(start)
-	bound := 50*el.Seconds() + 5 + redisfanout.MaxTurns
+	bound := 50*el.Seconds() + 5 + 1
 	var statusGranted uint64
 	for _, l := range lims {
 		statusGranted += l.Status().Granted
@@ -123,11 +122,11 @@ func TestLimiterRedisDownBreakerAndRecovery(t *testing.T) {
 	r := startRedis(t)
 	l := newLim(t, limClient(t, r), nil)
 	const v = "down.vault.azure.net"
-	if err := waitGuard(t, l, context.Background(), v, 1, 10*time.Second); err != nil {
+	if err := waitGuard(t, l, context.Background(), v, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	r.kill()
-	err := waitGuard(t, l, context.Background(), v, 1, 10*time.Second)
+	err := waitGuard(t, l, context.Background(), v, 10*time.Second)
 	var re *redisfanout.Error
 	if !errors.As(err, &re) || re.Op != "limit" || !(errors.Is(err, redisfanout.ErrUnreachable) || errors.Is(err, redisfanout.ErrTimeout)) {
 		t.Fatalf("Wait with Redis down: %v, want an *Error (limit) of class ErrUnreachable", err)
@@ -137,7 +136,7 @@ func TestLimiterRedisDownBreakerAndRecovery(t *testing.T) {
 		t.Errorf("status after one failure: %+v", st)
 	}
 	for range 100 {
-		if err := l.Wait(context.Background(), v, 1); !errors.Is(err, redisfanout.ErrBreakerOpen) {
+		if err := l.Wait(context.Background(), v); !errors.Is(err, redisfanout.ErrBreakerOpen) {
 			t.Fatalf("Wait with the breaker open: %v, want ErrBreakerOpen", err)
 		}
 	}
@@ -146,7 +145,7 @@ func TestLimiterRedisDownBreakerAndRecovery(t *testing.T) {
 	}
 	r.start()
 	eventually(t, 40*time.Second, "the breaker to close after Redis restarts", func() bool {
-		return l.Wait(context.Background(), v, 1) == nil
+		return l.Wait(context.Background(), v) == nil
 	})
 	if st := l.Status(); st.Open || st.LastError == nil {
 		t.Errorf("after recovery: %+v", st)
@@ -160,27 +159,27 @@ func TestLimiterHungRedisFailsFast(t *testing.T) {
 	r := startRedis(t)
 	l := newLim(t, limClient(t, r), &redisfanout.LimiterOptions{Timeout: 200 * time.Millisecond})
 	const v = "hung.vault.azure.net"
-	if err := waitGuard(t, l, context.Background(), v, 1, 10*time.Second); err != nil {
+	if err := waitGuard(t, l, context.Background(), v, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	r.signal(syscall.SIGSTOP)
 	defer r.signal(syscall.SIGCONT)
-	err := waitGuard(t, l, context.Background(), v, 1, 10*time.Second)
+	err := waitGuard(t, l, context.Background(), v, 10*time.Second)
 	if !errors.Is(err, redisfanout.ErrTimeout) {
 		t.Errorf("Wait with Redis stopped: %v, want ErrTimeout", err)
 	}
-	if err := waitGuard(t, l, context.Background(), v, 1, 10*time.Second); !errors.Is(err, redisfanout.ErrBreakerOpen) {
+	if err := waitGuard(t, l, context.Background(), v, 10*time.Second); !errors.Is(err, redisfanout.ErrBreakerOpen) {
 		t.Errorf("next Wait: %v, want ErrBreakerOpen", err)
 	}
 	r.signal(syscall.SIGCONT)
 	eventually(t, 40*time.Second, "the breaker to close after SIGCONT", func() bool {
-		return l.Wait(context.Background(), v, 1) == nil
+		return l.Wait(context.Background(), v) == nil
 	})
 }
 
-// Promise: hostile vault strings and n are refused without asking Redis
-// (ErrInvalidVault, ErrInvalidTurns; Status.Invalid), never crash, and never
-// reach Redis (MONITOR).
+// Promise: hostile vault strings are refused without asking Redis
+// (ErrInvalidVault; Status.Invalid), never crash, and never reach Redis
+// (MONITOR).
 func TestLimiterHostileArguments(t *testing.T) {
 	needRedis(t)
 	r := startRedis(t)
@@ -190,37 +189,31 @@ func TestLimiterHostileArguments(t *testing.T) {
 	badVaults := []string{"", " ", "a b", "evil\r\nFLUSHALL", "host/../x", "*", "kv\x00x", "ключ.vault.azure.net",
 		"kv{tag}", "a;b", "a\"b", "a'b", "%0d%0a", strings.Repeat("a", redisfanout.MaxHostLen+1), "a\tb", "x?y", "@"}
 	for _, v := range badVaults {
-		if err := waitGuard(t, l, context.Background(), v, 1, 5*time.Second); !errors.Is(err, redisfanout.ErrInvalidVault) {
+		if err := waitGuard(t, l, context.Background(), v, 5*time.Second); !errors.Is(err, redisfanout.ErrInvalidVault) {
 			t.Errorf("Wait(%q): %v, want ErrInvalidVault", v, err)
 		}
 	}
-	for _, n := range []int{0, -1, redisfanout.MaxTurns + 1, 1 << 62, -1 << 63, int(^uint(0) >> 1)} {
-		if err := waitGuard(t, l, context.Background(), "ok.vault.azure.net", n, 5*time.Second); !errors.Is(err, redisfanout.ErrInvalidTurns) {
-			t.Errorf("Wait(n=%d): %v, want ErrInvalidTurns", n, err)
-		}
-	}
 	// LimiterStatus.Invalid is documented as "Waits refused because the
-	// vault was not a host". BROKE (minor, a counter's truth): Waits refused
-	// for n out of range are counted there too (23 = 17 + 6).
+	// vault was not a host".
 	if st := l.Status(); st.Invalid != uint64(len(badVaults)) || st.Failures != 0 || st.Granted != 0 {
-		t.Errorf("status after %d bad vaults and 6 bad n: %+v (want Invalid %d: the vault was not a host)", len(badVaults), st, len(badVaults))
+		t.Errorf("status after %d bad vaults: %+v (want Invalid %d: the vault was not a host)", len(badVaults), st, len(badVaults))
 	}
 	for _, line := range mon.all() {
 		if strings.Contains(line, "ok.vault.azure.net") || strings.Contains(strings.ToLower(line), "evalsha") || strings.Contains(strings.ToLower(line), "flushall") {
 			t.Errorf("a refused Wait reached Redis: %s", line)
 		}
 	}
-	// Valid edge cases still work: MaxTurns, a host with a port, IPv6.
+	// Valid edge cases still work: a host with a port, IPv6, the longest.
 	for _, v := range []string{"a", "kv.vault.azure.net:443", "[::1]:8443", strings.Repeat("a", redisfanout.MaxHostLen)} {
-		if err := waitGuard(t, l, context.Background(), v, redisfanout.MaxTurns, 70*time.Second); err != nil {
-			t.Errorf("Wait(%q, MaxTurns): %v", v, err)
+		if err := waitGuard(t, l, context.Background(), v, 70*time.Second); err != nil {
+			t.Errorf("Wait(%q): %v", v, err)
 		}
 	}
 	// Finding probe: one vault, two spellings. Providers normalise their
 	// host (see hostile/pacing_test.go TestLimVaultSpellingsShareOneHost);
 	// direct users of Wait get one bucket per spelling.
-	l.Wait(context.Background(), "Case.Vault.Azure.Net", 1)
-	l.Wait(context.Background(), "case.vault.azure.net", 1)
+	l.Wait(context.Background(), "Case.Vault.Azure.Net")
+	l.Wait(context.Background(), "case.vault.azure.net")
 	keys, _ := rawClient(t, r).Keys(context.Background(), "kvsecrets:limit:*ase*").Result()
 	t.Logf("keys for two spellings of one host: %q", keys)
 }
@@ -280,7 +273,7 @@ func TestLimiterGarbageInBucket(t *testing.T) {
 		}
 		wctx, cancel := context.WithTimeout(ctx, 10*maxWait)
 		before := l.Status()
-		err := waitGuard(t, l, wctx, v, 1, 30*time.Second)
+		err := waitGuard(t, l, wctx, v, 30*time.Second)
 		ctxErr := wctx.Err()
 		cancel()
 		after := l.Status()
@@ -304,7 +297,7 @@ func TestLimiterGarbageInBucket(t *testing.T) {
 	}
 	// After the garbage is gone, turns flow again.
 	raw.Del(ctx, key)
-	eventually(t, 40*time.Second, "turns after the garbage is removed", func() bool { return l.Wait(ctx, v, 1) == nil })
+	eventually(t, 40*time.Second, "turns after the garbage is removed", func() bool { return l.Wait(ctx, v) == nil })
 }
 
 // Promise: "The key expires when the bucket is full again, so an idle vault
@@ -317,7 +310,7 @@ func TestLimiterKeyExpiresWhenIdle(t *testing.T) {
 	const v = "idle.vault.azure.net"
 	key := redisfanout.DefaultLimitPrefix + v
 	for range 20 {
-		if err := waitGuard(t, l, context.Background(), v, 1, 10*time.Second); err != nil {
+		if err := waitGuard(t, l, context.Background(), v, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -485,8 +478,14 @@ func TestLimiterWaitHonoursCtx(t *testing.T) {
 	r := startRedis(t)
 	l := newLim(t, limClient(t, r), &redisfanout.LimiterOptions{Limit: 10, Window: 10 * time.Second, Burst: -1, Timeout: 5 * time.Second})
 	const v = "ctx.vault.azure.net"
-	// Spend the budget: 16 turns at one a second.
-	if err := waitGuard(t, l, context.Background(), v, redisfanout.MaxTurns, 10*time.Second); err != nil {
+	// Spend the budget: the bucket's next turn is 16 s ahead on Redis's
+	// clock, as 16 turns at one a second would leave it.
+	raw := rawClient(t, r)
+	now, err := raw.Time(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Set(context.Background(), "kvsecrets:limit:"+v, fmt.Sprint(now.Add(16*time.Second).UnixMicro()), 20*time.Second).Err(); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -497,7 +496,7 @@ func TestLimiterWaitHonoursCtx(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			if err := l.Wait(ctx, v, 1); !errors.Is(err, context.DeadlineExceeded) {
+			if err := l.Wait(ctx, v); !errors.Is(err, context.DeadlineExceeded) {
 				wrong.Add(1)
 				t.Errorf("Wait past its deadline: %v", err)
 			}
@@ -509,7 +508,7 @@ func TestLimiterWaitHonoursCtx(t *testing.T) {
 	}
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := l.Wait(canceled, v, 1); !errors.Is(err, context.Canceled) {
+	if err := l.Wait(canceled, v); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait with a canceled ctx: %v", err)
 	}
 }
@@ -520,21 +519,21 @@ func TestLimiterWaitHonoursCtx(t *testing.T) {
 // open the breaker (which would drop every Provider of the process to
 // self-pacing for a second or more: callers could switch the fleet budget off).
 //
-// BROKE: a Wait whose ctx has a 10 µs deadline on a healthy Redis returns
+// Broke in review 17 (fixed since): a Wait whose ctx has a 10 µs deadline on a healthy Redis returns
 // "redisfanout: limit: redis timed out" (ErrTimeout, not ctx's error),
 // counts a Redis failure and opens the breaker for 1 s for every caller of
-// the Limiter. Reproduce: l.Wait(ctx with 10µs timeout, "v.vault.azure.net", 1).
+// the Limiter. Reproduce: l.Wait(ctx with 10µs timeout, "v.vault.azure.net").
 func TestLimiterCallerDeadlineIsNotARedisFailure(t *testing.T) {
 	needRedis(t)
 	r := startRedis(t)
 	l := newLim(t, limClient(t, r), nil)
 	const v = "deadline.vault.azure.net"
-	if err := waitGuard(t, l, context.Background(), v, 1, 10*time.Second); err != nil {
+	if err := waitGuard(t, l, context.Background(), v, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 200 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%20)*10*time.Microsecond)
-		err := l.Wait(ctx, v, 1)
+		err := l.Wait(ctx, v)
 		cancel()
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Wait with a %v deadline: %v, want nil or its ctx's error", time.Duration(i%20)*10*time.Microsecond, err)
