@@ -105,45 +105,53 @@ type Options struct {
 	// FetchTimeout bounds one read of the vault, including the SDK's own
 	// retries and, for a caller's first read of a secret, the retries of
 	// a throttled (429) read. Default 30s. It starts when the read's first
-	// request is sent: time spent waiting for the pacer's turn (see
-	// MaxReadRate) counts against the callers' contexts instead. Shared
+	// request is sent, and until the read's first request with a token
+	// goes (a new Provider's first request meets the authentication
+	// challenge instead) it stops while a request waits for its turn in
+	// the pacer or the Limiter (see MaxReadRate): that wait counts against
+	// the callers' contexts instead. Shared
 	// reads run on a context of their own, bounded by this timeout, so that
 	// one caller's cancellation does not fail the others.
 	FetchTimeout time.Duration
 
-	// MaxReadRate caps the requests a second the Provider sends to its
-	// vault. Default 400, Key Vault's limit for a whole vault (4,000 GETs
-	// per 10 s). Below it, the Provider paces its own requests (reads,
-	// refreshes, key sets; never a cached read) adaptively, so that a
-	// fleet starting at once converges on the vault's rate instead of
-	// hammering it: a new Provider sends one request (which meets the
-	// authentication challenge), then 3 at once, then 100 a second,
-	// doubling every 10 s while requests queue; a 429 cuts the rate (to
-	// at most what the vault granted in the last 10 s, if the pacer was
-	// holding requests back) and pauses for 10 s or the Retry-After, with
-	// jitter; the rate then grows by an eighth every 10 s in which
-	// requests queued without a 429, and returns to 100 a second after a
-	// minute without queueing or throttling. Stats.ReadRate shows the
-	// rate.
-	// Requests waiting for their turn count against their callers'
-	// contexts; FetchTimeout starts when a request is sent.
+	// MaxReadRate caps the read requests a second the Provider sends to
+	// its vault: any second holds at most MaxReadRate and 4 more. Default
+	// 400, Key Vault's limit for a whole vault (4,000 GETs per 10 s);
+	// between 0.05 and 1e6. Below it, the Provider paces its own read
+	// requests (reads, refreshes, key sets, the SDK's retries, the
+	// authentication challenge; never a cached read, never a write)
+	// adaptively, so that a fleet starting at once converges on the
+	// vault's rate instead of hammering it:
+	//   - A new Provider holds its requests until its first has met the
+	//     authentication challenge and has a token (one challenge, not
+	//     one per concurrent read); then 4 may go at once, then 100 a
+	//     second, doubling every 10 s in which requests queued.
+	//   - A 429 cuts the rate by 15% and, if requests were queueing, to at
+	//     most what the vault granted in the last 10 s; then nothing goes
+	//     for 10 s plus up to 2.5 s at random (or for the Retry-After),
+	//     or, if nothing was queueing, for 1, 2, 4, 8 s… up to 10 s.
+	//   - The rate then grows by an eighth every 10 s in which requests
+	//     queued without a 429, and is 100 a second again after a minute
+	//     without queueing or throttling.
+	// Stats.ReadRate shows the rate. Requests waiting for their turn count
+	// against their callers' contexts (see FetchTimeout).
 	MaxReadRate float64
 
 	// DisablePacing sends every request at once, as before pacing: a
 	// fleet that restarts together then meets Key Vault's throttle with
 	// tens of thousands of 429s (see BENCHMARKS.md). MaxReadRate is then
-	// ignored.
+	// ignored; a Limiter is still waited in.
 	DisablePacing bool
 
 	// Limiter, if set, shares a vault's request rate among the Providers
-	// of a fleet: before each request to the vault (after the pacer's
-	// turn), the Provider waits in Limiter.Wait, so that the whole fleet
-	// stays under one budget instead of each instance finding the
-	// throttle on its own. redisfanout.NewLimiter is one, a token bucket
-	// per vault in Redis. A Limiter that fails lets requests go, paced by
-	// this Provider alone (Stats.LimiterFailures counts them). The
-	// Provider's first request takes two turns: it meets the vault's
-	// authentication challenge, two requests for one.
+	// of a fleet: before each read request to the vault (after the
+	// pacer's turn; the authentication challenge and the SDK's retries
+	// are requests too), the Provider waits in Limiter.Wait, so that the
+	// whole fleet stays under one budget instead of each instance finding
+	// the throttle on its own. redisfanout.NewLimiter is one, a token
+	// bucket per vault in Redis. A Limiter that fails or panics lets
+	// requests go, paced by this Provider alone (Stats.LimiterFailures
+	// counts them). Limiter is used even with DisablePacing.
 	Limiter Limiter
 
 	// PreloadConcurrency bounds the reads Preload runs at once. Default 16.

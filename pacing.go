@@ -17,39 +17,50 @@ import (
 )
 
 // This file is the pacer: per-Provider adaptive pacing of the Provider's
-// own requests to its vault, so that a fleet of independent instances that
+// own read requests to its vault (GETs: reads, key-set pages, the SDK's
+// retries, the authentication challenge; writes have a budget of their own
+// and are not paced), so that a fleet of independent instances that
 // starts at once converges on Key Vault's rate (4,000 GETs per 10 s per
 // vault) instead of hammering it. Cached reads never reach it.
+//
+// Two policies in the SDK's pipeline do it: probeGate (per call) holds a
+// new Provider's requests until its first has met the vault's
+// authentication challenge and come back with a token, and pacePolicy
+// (per try) makes every read request wait for its turn in the pacer, then
+// in Options.Limiter.
 //
 // An instance learns only what its own requests tell it: which succeeded,
 // which were throttled (429), and a Retry-After when the vault sends one
 // (Key Vault often does not). Key Vault counts requests per 10-second
 // window, so the controller reasons in windows:
 //
-//   - Slow start: the first request goes alone (it meets the vault's
-//     authentication challenge, which requests beside it would each meet
-//     again); once it is answered the rest of the first pacingInitialBurst
-//     requests go at once, then
-//     pacingInitialRate a second; each window in which requests had to wait
-//     and none was throttled doubles the rate, up to Options.MaxReadRate.
+//   - Slow start: pacingInitialBurst requests at once, then
+//     pacingInitialRate a second; each window in which requests waited
+//     for a token (not for a pause) and none was throttled doubles the
+//     rate, up to Options.MaxReadRate. No more than the burst is ever saved
+//     up, so any second holds at most the rate and the burst.
 //   - On a 429 the rate is cut once: to pacingDecrease of itself and, if
-//     the pacer held requests back in the last two windows, no higher than
-//     what the vault granted this instance in the last window (its
-//     successes over the last 10 s), which is its share of the vault when
-//     the whole fleet is throttled. No request is sent for a
-//     window (or the Retry-After) plus up to a quarter of it at random, so
-//     that the instances throttled together do not come back together.
+//     the pacer held requests back in this window or the last (busy), no
+//     higher than what the vault granted this instance in the last window
+//     (its successes over the last 10 s), which is its share of the vault
+//     when the whole fleet is throttled. A busy instance then sends
+//     nothing for a window (or the Retry-After) plus up to a quarter of it
+//     at random, so that the instances throttled together do not come
+//     back together; an idle one, which is not what crowds the vault,
+//     backs off 1, 2, 4, 8 s… (pacingIdlePause, doubling up to a window,
+//     from 1 s again after a window without a 429), as Key Vault advises.
 //     429s of requests sent before the cut are not cut for again.
 //   - Afterwards each window in which requests waited and none was
 //     throttled adds max(pacingIncrease, rate/8) reads a second: an eighth
 //     per window, so that capacity left by instances that have finished
 //     is taken up within a few windows.
-//   - After pacingQuiet windows in which nothing waited and nothing was
-//     throttled, a rate cut below pacingInitialRate returns to it, in slow
-//     start: the throttling it was cut for is over.
+//   - After pacingQuiet windows (a minute) in which nothing waited and
+//     nothing was throttled, the rate is pacingInitialRate again, in slow
+//     start: what it was set for is over.
 //
-// Requests wait in one queue, first come first served; a retry after a
-// 429 goes first. The pacer has no goroutine: the head of the queue waits
+// Requests wait in one queue, first come first served; the requests of a
+// read under way (after the challenge, the SDK's retries, a retry after a
+// 429) go first. The pacer has no goroutine: the head of the queue waits
 // on a timer for its turn.
 
 // The pacer's parameters (see above).

@@ -162,8 +162,9 @@ type Stats struct {
 	PacedReads uint64  // requests that waited for their turn
 	Throttled  uint64  // requests the vault answered 429
 
-	// Options.Limiter's answers: requests it gave a turn, and requests
-	// sent without one because it failed. Zero without a Limiter.
+	// Options.Limiter's answers: read requests it gave a turn (the
+	// challenge and the SDK's retries included), and requests sent
+	// without one because it failed. Zero without a Limiter.
 	LimitedReads    uint64
 	LimiterFailures uint64
 }
