@@ -91,7 +91,8 @@ type Limiter interface {
 	// answer (its store is unreachable, say); the Provider then sends the
 	// request paced only by itself. Wait should fail fast while its store
 	// is down: the Provider calls it before every request, the
-	// authentication challenge and the SDK's retries included.
+	// authentication challenge and the SDK's retries included. It must
+	// return once ctx ends: Provider.Close ends ctx and waits for it.
 	Wait(ctx context.Context, vault string) error
 }
 
@@ -431,57 +432,159 @@ func (pp *pacePolicy) Do(req *policy.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := req.Next()
+	if pp.p.gate != nil && answered(resp, err) {
+		pp.p.gate.answered()
+	}
 	done(outcome(resp, err))
 	return resp, err
 }
 
 // probeGate is a per-call policy that holds a new Provider's requests
-// until its first one has met the vault's authentication challenge and
-// come back with a token. It runs before the SDK's authentication policy
+// until one of them has met the vault's authentication challenge and come
+// back with a token. It runs before the SDK's authentication policy
 // decides whether a request carries a token: requests let through beside
 // the first would each meet the challenge again (one 401 apiece, 1,000
-// extra requests when a fleet of 1,000 starts). The wait ends with the
-// first request, or after a window if it hangs, or with the waiting
-// read's callers.
+// extra requests when a fleet of 1,000 starts).
+//
+// One call at a time is the probe. The gate opens for good once the vault
+// answers a request with anything but its challenge (pacePolicy tells it). A probe that ends
+// without that hands its role to one of the waiting calls; if the vault
+// did not answer it at all (a hang, a network failure), the calls waiting
+// then fail with its error instead of each trying the vault in turn. A
+// wait is bounded by the waiting read's callers, by Close, and, should a
+// probe ignore its own deadline, by twice FetchTimeout.
 type probeGate struct {
-	p    *Provider
-	mu   sync.Mutex
-	out  bool          // the first request is out
-	done chan struct{} // closed when it is back
-	once sync.Once
+	p      *Provider
+	opened chan struct{} // closed once a request with a token is answered
+
+	mu     sync.Mutex
+	open   bool          // opened is closed
+	out    bool          // a probe is out
+	ended  chan struct{} // closed (and replaced) when a probe ends without opening the gate
+	failed error         // how the last probe failed, for the calls waiting then; nil: try again
 }
 
-func newProbeGate() *probeGate { return &probeGate{done: make(chan struct{})} }
+func newProbeGate() *probeGate {
+	return &probeGate{opened: make(chan struct{}), ended: make(chan struct{})}
+}
 
 func (g *probeGate) Do(req *policy.Request) (*http.Response, error) {
+	ctx := req.Raw().Context()
+	pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead)
+	if pr != nil && !pr.went {
+		pr.run() // FetchTimeout covers the credential from here
+	}
 	select {
-	case <-g.done:
+	case <-g.opened:
 		return req.Next()
 	default:
 	}
-	g.mu.Lock()
-	first := !g.out
-	g.out = true
-	g.mu.Unlock()
-	if first {
-		defer g.once.Do(func() { close(g.done) })
-		return req.Next()
-	}
-	ctx := req.Raw().Context()
 	wait := ctx
-	if pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead); pr != nil && !pr.went {
+	if pr != nil && !pr.went {
 		wait = pr.wait
 	}
-	t := time.NewTimer(pacingWindow)
-	defer t.Stop()
-	select {
-	case <-g.done:
-	case <-t.C: // the first request hangs: go on
-	case <-wait.Done():
-		return nil, g.p.waitEnded(wait)
+	var bound <-chan time.Time
+	for {
+		if wait.Err() != nil {
+			return nil, g.p.waitEnded(wait) // closed, or every caller gave up
+		}
+		g.mu.Lock()
+		if g.open {
+			g.mu.Unlock()
+			return req.Next()
+		}
+		if !g.out {
+			g.out = true
+			g.mu.Unlock()
+			resp, err := req.Next()
+			g.probeEnded(resp, err)
+			return resp, err
+		}
+		ended := g.ended
+		g.mu.Unlock()
+		if bound == nil {
+			t := time.NewTimer(2 * g.p.cfg.fetchTimeout)
+			defer t.Stop()
+			bound = t.C
+		}
+		select {
+		case <-g.opened:
+			return req.Next()
+		case <-ended:
+			g.mu.Lock()
+			failed := g.failed
+			g.mu.Unlock()
+			if failed != nil {
+				return nil, failed
+			}
+		case <-bound:
+			return req.Next() // the probe overstays even FetchTimeout
+		case <-wait.Done():
+			return nil, g.p.waitEnded(wait)
+		}
 	}
-	return req.Next()
 }
+
+// answered reports whether the vault answered a request with anything but
+// its authentication challenge: an HTTP answer other than 401 (some
+// transports, such as azsecrets/fake's, return it as an
+// *azcore.ResponseError).
+func answered(resp *http.Response, err error) bool {
+	if resp == nil {
+		var re *azcore.ResponseError
+		if !errors.As(err, &re) {
+			return false
+		}
+		return re.StatusCode != http.StatusUnauthorized
+	}
+	return resp.StatusCode != http.StatusUnauthorized
+}
+
+// answered opens the gate: the vault answered a request past its
+// challenge.
+func (g *probeGate) answered() {
+	select {
+	case <-g.opened:
+		return
+	default:
+	}
+	g.mu.Lock()
+	if !g.open {
+		g.open = true
+		close(g.opened)
+	}
+	g.mu.Unlock()
+}
+
+// probeEnded ends the probe's call. Unless the gate opened, the calls
+// waiting for it learn how it failed: with no answer from the vault
+// (resp nil, not a wait of its own cut short), they fail with its error;
+// otherwise one of them becomes the next probe.
+func (g *probeGate) probeEnded(resp *http.Response, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.out = false
+	if g.open {
+		return
+	}
+	var pe *pacingError
+	var re *azcore.ResponseError
+	g.failed = nil
+	if resp == nil && err != nil && !errors.As(err, &pe) && !errors.As(err, &re) && g.p.ctx.Err() == nil {
+		g.failed = &probeError{err}
+	}
+	close(g.ended)
+	g.ended = make(chan struct{})
+}
+
+// probeError is a waiting call's failure: the vault did not answer the
+// call it waited for.
+type probeError struct{ cause error }
+
+func (e *probeError) Error() string {
+	return "kvsecrets: the vault did not answer this Provider's first request: " + e.cause.Error()
+}
+func (e *probeError) Unwrap() error { return e.cause }
 
 // waitEnded is the error of a wait for a request's turn that wait ended:
 // the Provider closed, every caller gave up (goneCtx), or the caller's own.

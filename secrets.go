@@ -42,7 +42,8 @@ type Provider struct {
 	wg      sync.WaitGroup // every goroutine the Provider starts
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
-	pacer   *pacer // nil with Options.DisablePacing
+	pacer   *pacer     // nil with Options.DisablePacing
+	gate    *probeGate // nil without pacing or a Limiter
 
 	limited, limiterFailures atomic.Uint64 // Options.Limiter's answers: turns given, failures
 	limiterLog               atomic.Int64  // Unix nanoseconds of the last log of a Limiter failure
@@ -90,7 +91,7 @@ func NewProvider(vaultURL string, cred azcore.TokenCredential, opts *Options) (*
 		pp.p = p
 	}
 	if gate != nil {
-		gate.p = p
+		gate.p, p.gate = p, gate
 	}
 	if opts != nil {
 		p.opts = *opts
