@@ -130,9 +130,9 @@ type Options struct {
 	//     most what the vault granted in the last 10 s; then nothing goes
 	//     for 10 s plus up to 2.5 s at random (or for the Retry-After),
 	//     or, if nothing was queueing, for 1, 2, 4, 8 s… up to 10 s.
-	//   - The rate then grows by an eighth every 10 s in which requests
-	//     queued without a 429, and is 100 a second again after a minute
-	//     without queueing or throttling.
+	//   - The rate then grows by an eighth (at least 0.1 a second) every
+	//     10 s in which requests queued without a 429, and is 100 a second
+	//     again after a minute without queueing or throttling.
 	// Stats.ReadRate shows the rate. Requests waiting for their turn count
 	// against their callers' contexts (see FetchTimeout).
 	MaxReadRate float64

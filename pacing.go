@@ -53,7 +53,10 @@ import (
 //   - Afterwards each window in which requests waited and none was
 //     throttled adds max(pacingIncrease, rate/8) reads a second: an eighth
 //     per window, so that capacity left by instances that have finished
-//     is taken up within a few windows.
+//     is taken up within a few windows, and at least one request per
+//     window, the same for every instance, so that those the first window
+//     starved (with latency the vault's first 4,000 are shared unevenly)
+//     catch up with the others instead of keeping their small share.
 //   - After pacingQuiet windows (a minute) in which nothing waited and
 //     nothing was throttled, the rate is pacingInitialRate again, in slow
 //     start: what it was set for is over.
@@ -69,7 +72,7 @@ const (
 	pacingInitialBurst = 4                // requests sent at once by a new Provider
 	pacingInitialRate  = 100.0            // requests a second in the first window
 	pacingMinRate      = 0.05             // requests a second: the rate is never cut below one per 20 s
-	pacingIncrease     = 0.025            // requests a second added per window: a quarter of a request per window
+	pacingIncrease     = 0.1              // requests a second added per window at least: one request per window
 	pacingDecrease     = 0.85             // the factor of a cut
 	pacingPauseJitter  = 0.25             // a pause lasts up to this fraction longer, at random
 	pacingQuiet        = 6                // windows without waiting or throttling after which the rate recovers
@@ -406,7 +409,7 @@ type pacedReadKey struct{}
 // belongs to. Its fields are used by the read's own goroutine only (the
 // SDK sends a read's requests one after the other).
 type pacedRead struct {
-	wait       context.Context // bounds the waits until the read's first request with a token: ends when nobody waits for the read or the Provider closes
+	wait       context.Context // bounds the waits before the read's first request with a token goes: ends when nobody waits for the read or the Provider closes
 	sent       func() bool     // that request goes: false if the read was abandoned first
 	run        func()          // a request goes: FetchTimeout starts, or goes on
 	hold       func()          // a request before it waits for its turn: FetchTimeout stops meanwhile
@@ -447,15 +450,16 @@ func (pp *pacePolicy) Do(req *policy.Request) (*http.Response, error) {
 // extra requests when a fleet of 1,000 starts).
 //
 // One call at a time is the probe. The gate opens for good once the vault
-// answers a request with anything but its challenge (pacePolicy tells it). A probe that ends
-// without that hands its role to one of the waiting calls; if the vault
-// did not answer it at all (a hang, a network failure), the calls waiting
-// then fail with its error instead of each trying the vault in turn. A
-// wait is bounded by the waiting read's callers, by Close, and, should a
-// probe ignore its own deadline, by twice FetchTimeout.
+// answers a request with anything but its challenge (pacePolicy tells
+// it). A probe that ends without that hands its role to one of the
+// waiting calls; if the vault did not answer it at all (a hang, a network
+// failure), the calls waiting then fail with its error instead of each
+// trying the vault in turn. A wait is bounded by the waiting read's
+// callers, by Close, and, should a probe ignore its own deadline, by twice
+// FetchTimeout.
 type probeGate struct {
 	p      *Provider
-	opened chan struct{} // closed once a request with a token is answered
+	opened chan struct{} // closed once the vault answers past its challenge
 
 	mu     sync.Mutex
 	open   bool          // opened is closed
