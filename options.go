@@ -104,12 +104,12 @@ type Options struct {
 
 	// FetchTimeout bounds one read of the vault, including the SDK's own
 	// retries and, for a caller's first read of a secret, the retries of
-	// a throttled (429) read. Default 30s. It starts when the read's first
-	// request is sent, and until the read's first request with a token
-	// goes (a new Provider's first request meets the authentication
-	// challenge instead) it stops while a request waits for its turn in
-	// the pacer or the Limiter (see MaxReadRate): that wait counts against
-	// the callers' contexts instead. Shared
+	// a throttled (429) read, and the credential's token. Default 30s. It
+	// does not run while a request waits for its turn in the pacer or the
+	// Limiter (see MaxReadRate), except a retry after a 429: a wait before
+	// the read's first request with a token is sent counts against the
+	// callers' contexts instead, and so does waiting while a new Provider's
+	// first read meets the authentication challenge. Shared
 	// reads run on a context of their own, bounded by this timeout, so that
 	// one caller's cancellation does not fail the others.
 	FetchTimeout time.Duration

@@ -435,8 +435,16 @@ func (pp *pacePolicy) Do(req *policy.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := req.Next()
-	if pp.p.gate != nil && answered(resp, err) {
-		pp.p.gate.answered()
+	if g := pp.p.gate; g != nil {
+		switch status := answer(resp, err); {
+		case status == http.StatusUnauthorized:
+			g.heardAnswer()
+		case status != 0:
+			g.heardAnswer()
+			g.answered()
+		case req.Raw().Context().Err() != nil:
+			g.cutShort() // the vault was slow to answer, not silent
+		}
 	}
 	done(outcome(resp, err))
 	return resp, err
@@ -453,10 +461,10 @@ func (pp *pacePolicy) Do(req *policy.Request) (*http.Response, error) {
 // answers a request with anything but its challenge (pacePolicy tells
 // it). A probe that ends without that hands its role to one of the
 // waiting calls; if the vault did not answer it at all (a hang, a network
-// failure), the calls waiting then fail with its error instead of each
-// trying the vault in turn. A wait is bounded by the waiting read's
-// callers, by Close, and, should a probe ignore its own deadline, by twice
-// FetchTimeout.
+// failure), or its credential hung, the calls waiting then fail with its
+// error instead of each trying in turn (probeEnded). A wait is bounded by
+// the waiting read's callers and by Close, not by FetchTimeout, which
+// starts when a call passes the gate.
 type probeGate struct {
 	p      *Provider
 	opened chan struct{} // closed once the vault answers past its challenge
@@ -464,6 +472,8 @@ type probeGate struct {
 	mu     sync.Mutex
 	open   bool          // opened is closed
 	out    bool          // a probe is out
+	heard  bool          // the vault answered one of the probe's requests
+	slow   bool          // a request of the probe's was out when its read ended
 	ended  chan struct{} // closed (and replaced) when a probe ends without opening the gate
 	failed error         // how the last probe failed, for the calls waiting then; nil: try again
 }
@@ -475,45 +485,47 @@ func newProbeGate() *probeGate {
 func (g *probeGate) Do(req *policy.Request) (*http.Response, error) {
 	ctx := req.Raw().Context()
 	pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead)
-	if pr != nil && !pr.went {
-		pr.run() // FetchTimeout covers the credential from here
-	}
-	select {
-	case <-g.opened:
-		return req.Next()
-	default:
-	}
 	wait := ctx
 	if pr != nil && !pr.went {
 		wait = pr.wait
 	}
-	var bound <-chan time.Time
-	for {
-		if wait.Err() != nil {
+	// next lets the call through: FetchTimeout runs from here (it covers
+	// the credential), not while the call waited at the gate.
+	next := func() (*http.Response, error) {
+		if g.p.ctx.Err() != nil || wait.Err() != nil {
 			return nil, g.p.waitEnded(wait) // closed, or every caller gave up
+		}
+		if pr != nil && !pr.went {
+			pr.run()
+		}
+		return req.Next()
+	}
+	select {
+	case <-g.opened:
+		return next()
+	default:
+	}
+	for {
+		if g.p.ctx.Err() != nil || wait.Err() != nil {
+			return nil, g.p.waitEnded(wait)
 		}
 		g.mu.Lock()
 		if g.open {
 			g.mu.Unlock()
-			return req.Next()
+			return next()
 		}
 		if !g.out {
-			g.out = true
+			g.out, g.heard, g.slow = true, false, false
 			g.mu.Unlock()
-			resp, err := req.Next()
-			g.probeEnded(resp, err)
+			resp, err := next()
+			g.probeEnded(ctx, resp, err)
 			return resp, err
 		}
 		ended := g.ended
 		g.mu.Unlock()
-		if bound == nil {
-			t := time.NewTimer(2 * g.p.cfg.fetchTimeout)
-			defer t.Stop()
-			bound = t.C
-		}
 		select {
 		case <-g.opened:
-			return req.Next()
+			return next()
 		case <-ended:
 			g.mu.Lock()
 			failed := g.failed
@@ -521,27 +533,41 @@ func (g *probeGate) Do(req *policy.Request) (*http.Response, error) {
 			if failed != nil {
 				return nil, failed
 			}
-		case <-bound:
-			return req.Next() // the probe overstays even FetchTimeout
 		case <-wait.Done():
 			return nil, g.p.waitEnded(wait)
 		}
 	}
 }
 
-// answered reports whether the vault answered a request with anything but
-// its authentication challenge: an HTTP answer other than 401 (some
-// transports, such as azsecrets/fake's, return it as an
-// *azcore.ResponseError).
-func answered(resp *http.Response, err error) bool {
-	if resp == nil {
-		var re *azcore.ResponseError
-		if !errors.As(err, &re) {
-			return false
-		}
-		return re.StatusCode != http.StatusUnauthorized
+// answer returns the status of the vault's answer to a request, 0 if
+// there was none: a response whose body could not be read (err with
+// resp) is none. Some transports, such as azsecrets/fake's, return an
+// answer as an *azcore.ResponseError.
+func answer(resp *http.Response, err error) int {
+	if err == nil && resp != nil {
+		return resp.StatusCode
 	}
-	return resp.StatusCode != http.StatusUnauthorized
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode
+	}
+	return 0
+}
+
+// heardAnswer records that the vault answered a request of the probe's,
+// if only with its challenge.
+func (g *probeGate) heardAnswer() {
+	g.mu.Lock()
+	g.heard = true
+	g.mu.Unlock()
+}
+
+// cutShort records that a request of the probe's was out when its read
+// ended (FetchTimeout): the vault was answering, slowly.
+func (g *probeGate) cutShort() {
+	g.mu.Lock()
+	g.slow = true
+	g.mu.Unlock()
 }
 
 // answered opens the gate: the vault answered a request past its
@@ -561,10 +587,13 @@ func (g *probeGate) answered() {
 }
 
 // probeEnded ends the probe's call. Unless the gate opened, the calls
-// waiting for it learn how it failed: with no answer from the vault
-// (resp nil, not a wait of its own cut short), they fail with its error;
-// otherwise one of them becomes the next probe.
-func (g *probeGate) probeEnded(resp *http.Response, err error) {
+// waiting for it learn how it failed. They fail with its error if the
+// vault answered none of its requests (not even with the challenge), or
+// if it timed out (FetchTimeout) with no request out, stuck in the
+// credential; not if it was a wait of its own cut short. Otherwise (a
+// refusal past the challenge, a slow vault) one of them becomes the next
+// probe.
+func (g *probeGate) probeEnded(ctx context.Context, resp *http.Response, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.out = false
@@ -574,7 +603,12 @@ func (g *probeGate) probeEnded(resp *http.Response, err error) {
 	var pe *pacingError
 	var re *azcore.ResponseError
 	g.failed = nil
-	if resp == nil && err != nil && !errors.As(err, &pe) && !errors.As(err, &re) && g.p.ctx.Err() == nil {
+	cause := context.Cause(ctx)
+	stuck := errors.Is(cause, errFetchTimeout) && !g.slow // timed out with nothing out: the credential hangs
+	if (!g.heard || stuck) && resp == nil && err != nil && !errors.As(err, &pe) && !errors.As(err, &re) && g.p.ctx.Err() == nil {
+		if cause != nil {
+			err = cause // its FetchTimeout, say, rather than "context canceled"
+		}
 		g.failed = &probeError{err}
 	}
 	close(g.ended)
@@ -629,12 +663,12 @@ func outcome(resp *http.Response, err error) error {
 
 // pace waits for the turn of a request made on ctx, first in the pacer,
 // then in Options.Limiter, and returns a function to call with the
-// request's outcome. Until a read's first request with a token goes
-// (authorised: the first may meet the challenge instead), its requests
-// wait within the callers' patience (pacedRead.wait), with FetchTimeout
-// held; later ones (the SDK's retries, a retry after a 429) within
-// FetchTimeout. A read's requests after its first go ahead of reads not
-// yet begun.
+// request's outcome. FetchTimeout is held while a request waits, but for
+// a retry after a 429 (a caller's first read retries within FetchTimeout
+// of its first request). Until a read's first request with a token goes
+// (authorised: the first may meet the challenge instead), its waits end
+// with the callers' patience (pacedRead.wait); later ones with the read.
+// A read's requests after its first go ahead of reads not yet begun.
 func (p *Provider) pace(ctx context.Context, authorised bool) (func(error), error) {
 	pr, _ := ctx.Value(pacedReadKey{}).(*pacedRead)
 	var gone <-chan struct{}
@@ -643,10 +677,13 @@ func (p *Provider) pace(ctx context.Context, authorised bool) (func(error), erro
 		// A read already under way (the request with a token after the
 		// challenge, the SDK's retry, a retry after a 429) goes ahead of
 		// reads not yet begun.
+		retry := pr.front // a retry after a 429: its wait counts, as the docs say
 		front, pr.front = pr.front || pr.went || pr.challenged, false
 		if !pr.went {
 			gone, wait = pr.wait.Done(), pr.wait
-			pr.hold()
+		}
+		if !retry {
+			pr.hold() // FetchTimeout does not run while a request waits for its turn
 		}
 	}
 	var epoch uint64
@@ -668,8 +705,14 @@ func (p *Provider) pace(ctx context.Context, authorised bool) (func(error), erro
 	if err := p.limit(wait); err != nil {
 		return notSent(err)
 	}
-	if pr != nil && !pr.went {
+	if ctx.Err() != nil || p.ctx.Err() != nil {
+		// The pacer's fast path does not look at the context: a request
+		// whose read ended (Close, FetchTimeout) is not handed on.
+		return notSent(p.waitEnded(ctx))
+	}
+	if pr != nil {
 		switch {
+		case pr.went:
 		case !authorised:
 			pr.challenged = true
 		case !pr.sent():

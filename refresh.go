@@ -173,10 +173,10 @@ func (p *Provider) fetch(e *entry, f *flight) (got fetched, err error) {
 	retry := f.retry
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	defer cancel(nil)
-	// FetchTimeout starts when the read's first request is sent; until
-	// its first request with a token goes, it stops while a request waits
-	// for its turn (pacing.go), which counts against the callers instead.
-	// timeout is nil while it is held.
+	// FetchTimeout runs from the read's first call into the SDK, but
+	// stops while a request waits for its turn (pacing.go): until the
+	// first request with a token goes, that wait counts against the
+	// callers instead. timeout is nil while it is held.
 	var timeout *time.Timer
 	left, until := p.cfg.fetchTimeout, time.Time{}
 	run := func() {

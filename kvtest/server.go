@@ -469,6 +469,12 @@ func (t inProcessTransport) RoundTrip(req *http.Request) (resp *http.Response, e
 		}
 	}()
 	s.ServeHTTP(rec, r)
+	if err := req.Context().Err(); err != nil {
+		// The client gave up while the vault answered (its latency, a
+		// hang): as over the network, it gets its context's error, not
+		// whatever the handler had written by then.
+		return nil, err
+	}
 	resp = rec.Result()
 	resp.Request = req
 	return resp, nil
