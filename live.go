@@ -30,8 +30,8 @@ type LiveOptions[T any] struct {
 type Live[T any] struct {
 	p      *Provider
 	fields []loadField
-	refs   []liveRef // the references that follow the latest version; owned by run
-	names  []string  // their names, for String; immutable
+	st     *liveState // owned by run; behind a pointer so that fmt, printing a Live by reflection, never reads it (only its address)
+	names  []string   // their names, for String; immutable
 	opts   LiveOptions[T]
 	cur    atomic.Pointer[T]
 	wake   chan struct{}
@@ -41,6 +41,11 @@ type Live[T any] struct {
 
 	mu  sync.Mutex
 	err error // the last rebuild's failure; nil after a success
+}
+
+// liveState is what a Live's goroutine changes as it follows its secrets.
+type liveState struct {
+	refs []liveRef // the references that follow the latest version
 }
 
 type liveRef struct {
@@ -90,7 +95,7 @@ func LoadLive[T any](ctx context.Context, p *Provider, opts *LiveOptions[T]) (*L
 	if err != nil {
 		return nil, err
 	}
-	l := &Live[T]{p: p, fields: fields, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	l := &Live[T]{p: p, fields: fields, st: &liveState{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	if opts != nil {
 		l.opts = *opts
 	}
@@ -115,12 +120,12 @@ func LoadLive[T any](ctx context.Context, p *Provider, opts *LiveOptions[T]) (*L
 		if s, ok := read[f.ref]; ok {
 			lr.ver = s.Version
 		}
-		l.refs = append(l.refs, lr)
+		l.st.refs = append(l.st.refs, lr)
 		l.names = append(l.names, f.ref.name)
 	}
 	l.ctx, l.cancel = context.WithCancel(p.ctx)
-	for i := range l.refs {
-		l.refs[i].e = l.refs[i].h.follow(nil, l.wake)
+	for i := range l.st.refs {
+		l.st.refs[i].e = l.st.refs[i].h.follow(nil, l.wake)
 	}
 	if !p.track() {
 		l.unfollow()
@@ -171,7 +176,7 @@ func (l *Live[T]) run() {
 			return // closing
 		}
 		changed := false
-		for _, lr := range l.refs {
+		for _, lr := range l.st.refs {
 			if v, ok := served[lr.r]; ok && !strings.EqualFold(v, lr.ver) {
 				changed = true
 			}
@@ -197,9 +202,9 @@ func (l *Live[T]) run() {
 			continue
 		}
 		failed = nil
-		for i := range l.refs {
-			if s, ok := read[l.refs[i].r]; ok {
-				l.refs[i].ver = s.Version
+		for i := range l.st.refs {
+			if s, ok := read[l.st.refs[i].r]; ok {
+				l.st.refs[i].ver = s.Version
 			}
 		}
 		old := l.cur.Swap(next)
@@ -217,9 +222,9 @@ func (l *Live[T]) run() {
 // waker to entries made again after a removal; nil once closing. A secret
 // not served is left out.
 func (l *Live[T]) served() map[ref]string {
-	out := make(map[ref]string, len(l.refs))
-	for i := range l.refs {
-		lr := &l.refs[i]
+	out := make(map[ref]string, len(l.st.refs))
+	for i := range l.st.refs {
+		lr := &l.st.refs[i]
 		lr.e = lr.h.follow(lr.e, l.wake)
 		s, err, _ := lr.h.served(l.ctx, lr.e)
 		if l.ctx.Err() != nil {
@@ -245,8 +250,8 @@ func sameVersions(a, b map[ref]string) bool {
 }
 
 func (l *Live[T]) unfollow() {
-	for i := range l.refs {
-		if e := l.refs[i].e; e != nil {
+	for i := range l.st.refs {
+		if e := l.st.refs[i].e; e != nil {
 			e.unfollow(l.wake)
 		}
 	}
