@@ -318,13 +318,13 @@ func (pc *pacer) advance(now time.Time) {
 // what the vault granted, a 429 cuts the rate and pauses (once per cut).
 // Other failures say nothing about the rate.
 func (pc *pacer) done(epoch uint64, err error) {
-	now := time.Now()
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
 	var re *azcore.ResponseError
 	if err != nil && !(errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests) {
 		return
 	}
+	now := time.Now()
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
 	pc.advance(now)
 	if err == nil {
 		sec := now.Unix()
@@ -435,8 +435,9 @@ func (pp *pacePolicy) Do(req *policy.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := req.Next()
+	status := answer(resp, err)
 	if g := pp.p.gate; g != nil {
-		switch status := answer(resp, err); {
+		switch {
 		case status == http.StatusUnauthorized:
 			g.heardAnswer()
 		case status != 0:
@@ -446,7 +447,7 @@ func (pp *pacePolicy) Do(req *policy.Request) (*http.Response, error) {
 			g.cutShort() // the vault was slow to answer, not silent
 		}
 	}
-	done(outcome(resp, err))
+	done(outcome(status, resp, err))
 	return resp, err
 }
 
@@ -636,27 +637,25 @@ func (p *Provider) waitEnded(wait context.Context) error {
 	return &pacingError{cause}
 }
 
-// errAnswered is the outcome of a request the vault answered with an
-// error of its own (a 5xx): it says nothing of the rate. errChallenged is
-// a 401: the request went without a token, and the SDK sends it again
-// with one.
-var (
-	errAnswered   = errors.New("kvsecrets: answered with a server error")
-	errChallenged = errors.New("kvsecrets: answered with the authentication challenge")
-)
+// errNotServed is the outcome of a request the vault answered without
+// serving it, with its challenge (a 401: the SDK sends the request again
+// with a token) or an error of its own (a 5xx): it says nothing of the
+// rate.
+var errNotServed = errors.New("kvsecrets: answered with the challenge or a server error")
 
-// outcome is what a request's answer tells the pacer: nil when the vault
-// served it (any answer below 500 but a 429), the 429 itself, or an error.
-func outcome(resp *http.Response, err error) error {
+// outcome is what a request's answer (status, from answer) tells the
+// pacer: nil when the vault served it (any answer below 500 but a 429 or
+// its challenge), the 429 itself, errNotServed, or the transport's error.
+func outcome(status int, resp *http.Response, err error) error {
 	switch {
-	case err != nil:
+	case status == 0:
 		return err
-	case resp.StatusCode == http.StatusTooManyRequests:
-		return &azcore.ResponseError{StatusCode: resp.StatusCode, RawResponse: resp}
-	case resp.StatusCode == http.StatusUnauthorized:
-		return errChallenged
-	case resp.StatusCode >= 500:
-		return errAnswered
+	case status == http.StatusTooManyRequests && err == nil:
+		return &azcore.ResponseError{StatusCode: status, RawResponse: resp}
+	case status == http.StatusTooManyRequests:
+		return err // an *azcore.ResponseError already
+	case status == http.StatusUnauthorized || status >= 500:
+		return errNotServed
 	}
 	return nil
 }
